@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""mlxr: upstream MLX plus the RMSNormFused overlay, as one command line.
+
+Contributor loop: apply -> edit and commit in build/mlx-src -> export -> check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mlxrtools.layout import default_layout  # noqa: E402
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from mlxrtools.tree import apply
+
+    apply(default_layout(), force=args.force)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mlxrtools.tree import export
+
+    changes = export(default_layout(), check_only=args.check)
+    for line in changes:
+        print(line)
+    if args.check:
+        if changes:
+            print("mlxr export --check: patches/ and overlay/ are out of date")
+            return 1
+        print("mlxr export --check: patches/ and overlay/ match build/mlx-src")
+    elif not changes:
+        print("mlxr export: nothing changed")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mlxrtools.check import check
+
+    problems = check(default_layout())
+    for problem in problems:
+        print(f"mlxr check: {problem}")
+    if problems:
+        return 1
+    print("mlxr check: series lint, overlay claims, exact apply and round trip all pass")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from mlxrtools.build import build
+
+    build(default_layout(), backend=args.backend, jobs=args.jobs, force=args.force)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from mlxrtools.testing import run_tests
+
+    return run_tests(default_layout(), pytest_args=args.pytest_args, jobs=args.jobs)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mlxrtools.bench import run_bench
+
+    extra = ["--shapes", args.shapes, "--dtypes", args.dtypes]
+    return run_bench(default_layout(), device=args.device, repeats=args.repeats, extra=extra)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlxr.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    a = sub.add_parser(
+        "apply",
+        help="apply patches/ and overlay/ to the pin in build/mlx-src",
+        description="Create or update build/mlx-src: a git work tree of "
+        "mlx_upstream at its pin, with one commit per patch of patches/series "
+        "(git am, then the overlay files the patch claims). Unchanged inputs "
+        "do nothing, and unchanged files keep their times.",
+    )
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="discard commits or edits in build/mlx-src that were not exported",
+    )
+    a.set_defaults(func=cmd_apply)
+
+    e = sub.add_parser(
+        "export",
+        help="regenerate patches/ and overlay/ from build/mlx-src",
+        description="Run git format-patch with fixed flags over the commits "
+        "of build/mlx-src after the pin: files a commit adds go to overlay/ "
+        "(and its Overlay: field), edits go to its patch; series is rewritten.",
+    )
+    e.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 if patches/ or overlay/ would change",
+    )
+    e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser(
+        "check",
+        help="lint the series and prove it applies exactly",
+        description="Lint series and patch headers, check that every overlay "
+        "file is claimed by exactly one patch and shadows no upstream file, "
+        "apply on a pristine tree (no fuzz, no offset), export again and "
+        "compare byte for byte, and check every registration site of "
+        "RMSNormFused.",
+    )
+    c.set_defaults(func=cmd_check)
+
+    b = sub.add_parser(
+        "build",
+        help="build the mlx wheel into wheels/",
+        description="Apply the series and build a full mlx wheel "
+        "(mlx-<version>+mlxr...) into wheels/, offline, with ccache.",
+    )
+    b.add_argument(
+        "--backend",
+        choices=("auto", "cpu", "metal", "cuda"),
+        default="auto",
+        help="auto: Metal on macOS, CPU elsewhere (default)",
+    )
+    b.add_argument("--jobs", type=int, default=None, help="parallel compile jobs")
+    b.add_argument("--force", action="store_true", help="rebuild even if the wheel is current")
+    b.set_defaults(func=cmd_build)
+
+    t = sub.add_parser(
+        "test",
+        help="build if needed, install into a fresh venv, run all tests",
+        description="The test command of the README and CI: build the wheel "
+        "if its inputs changed, install it into a fresh venv in build/, run "
+        "upstream's python/tests against it and against an unpatched build of "
+        "the same pin (cached), then run tests/ with pytest.",
+    )
+    t.add_argument("--jobs", type=int, default=None, help="parallel compile jobs")
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments, after --")
+    t.set_defaults(func=cmd_test)
+
+    n = sub.add_parser(
+        "bench",
+        help="time rmsnorm_fused against its baselines",
+        description="Build and install the wheel if needed, then time "
+        "rmsnorm_fused, mx.fast.rms_norm, x + r followed by mx.fast.rms_norm, "
+        "and a NumPy copy of the same bytes, in one run. Prints a Markdown "
+        "table of medians and GB/s and writes it to build/results/.",
+    )
+    n.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    n.add_argument("--repeats", type=int, default=50, help="timed calls per case")
+    n.add_argument(
+        "--shapes",
+        default="4096x4096,8x4096,1x4096",
+        help="comma-separated ROWSxHIDDEN shapes (default: %(default)s)",
+    )
+    n.add_argument(
+        "--dtypes", default="float32,bfloat16", help="comma-separated dtypes (default: %(default)s)"
+    )
+    n.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RuntimeError as err:
+        print(f"mlxr {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tooling for the mlxr overlay: apply, export, check, build, test, bench."""
