@@ -1,0 +1,237 @@
+"""The `build` verb: a full mlx wheel from the applied tree, offline and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from .deps import ensure_requirements, find_header
+from .gitcmd import git
+from .layout import Layout
+from .tree import apply, unexported_work
+
+BUILD_REQUIREMENTS = ("setuptools>=80", "wheel", "typing_extensions", "cmake>=3.25,<4", "ninja")
+_PROGRESS = re.compile(r"^\s*\[\d+/\d+\]")
+_ERROR = re.compile(r"error:|FAILED:|CMake Error")
+
+
+def mlxr_version(layout: Layout) -> str:
+    with open(layout.root / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def local_label(layout: Layout) -> str:
+    return "mlxr" + mlxr_version(layout)
+
+
+def nanobind_version(tree: Path) -> str:
+    """The nanobind release upstream's CMakeLists pins, taken from PyPI instead."""
+    text = (tree / "CMakeLists.txt").read_text()
+    match = re.search(r"nanobind\.git\s+GIT_TAG\s+v([0-9.]+)", text)
+    if not match:
+        raise RuntimeError("cannot find the nanobind version in CMakeLists.txt")
+    return match.group(1)
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_build_venv(layout: Layout, tree: Path) -> Path:
+    wanted = [*BUILD_REQUIREMENTS, f"nanobind=={nanobind_version(tree)}"]
+    venv = layout.build_venv
+    stamp = venv / "mlxr-requirements.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        return venv_python(venv)
+    print(f"mlxr build: preparing the build venv ({', '.join(wanted)})", flush=True)
+    if not venv_python(venv).exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv_python(venv)), "-m", "pip", "install", "-q", "--upgrade", *wanted], check=True
+    )
+    stamp.write_text(json.dumps(wanted))
+    return venv_python(venv)
+
+
+def local_json_source(layout: Layout) -> Path | None:
+    """A FetchContent source dir for json made from the system's nlohmann headers."""
+    header = find_header("nlohmann/json.hpp")
+    if header is None:
+        return None
+    src = layout.build / "deps" / "json"
+    link = src / "single_include" / "nlohmann"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or link.resolve() != header.parent.resolve():
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(header.parent)
+    return src
+
+
+def cmake_args(layout: Layout, python: Path, backend: str) -> list[str]:
+    nanobind_dir = subprocess.run(
+        [str(python), "-m", "nanobind", "--cmake_dir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    args = [
+        # gguflib is fetched from GitHub at configure time and has no package.
+        "-DMLX_BUILD_GGUF=OFF",
+        "-DUSE_SYSTEM_FMT=ON",
+        "-DFETCHCONTENT_TRY_FIND_PACKAGE_MODE=ALWAYS",
+        f"-Dnanobind_DIR={nanobind_dir}",
+    ]
+    json_src = local_json_source(layout)
+    if json_src is not None:
+        args.append(f"-DFETCHCONTENT_SOURCE_DIR_JSON={json_src}")
+    if shutil.which("ccache"):
+        # setup.py sets CCACHE_BASEDIR to its build dir; the repo root instead lets
+        # every clone of this repo (and the pristine baseline tree) share hits.
+        launcher = f"env;CCACHE_BASEDIR={layout.root};CCACHE_NOHASHDIR=true;ccache"
+        args += [
+            "-DMLX_USE_CCACHE=OFF",
+            f"-DCMAKE_C_COMPILER_LAUNCHER={launcher}",
+            f"-DCMAKE_CXX_COMPILER_LAUNCHER={launcher}",
+        ]
+    if backend == "cpu" and platform.system() == "Darwin":
+        args.append("-DMLX_BUILD_METAL=OFF")
+    return args
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        return "metal" if platform.system() == "Darwin" else "cpu"
+    if backend == "metal" and platform.system() != "Darwin":
+        raise RuntimeError("the Metal backend builds on macOS only")
+    if backend == "cuda":
+        raise RuntimeError("the CUDA backend build is not available yet (see the CUDA issue)")
+    return backend
+
+
+def tree_state(tree: Path) -> str:
+    head = git("rev-parse", "HEAD", cwd=tree).strip()
+    dirty = git("diff", "HEAD", cwd=tree)
+    return head + hashlib.sha256(dirty.encode()).hexdigest()
+
+
+def run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+    """Run a long build, echoing progress lines and errors, keeping the full log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if _PROGRESS.match(line) or _ERROR.search(line):
+                print(f"  {line.strip()[:150]}", flush=True)
+        code = proc.wait()
+    minutes = (time.monotonic() - start) / 60
+    if code != 0:
+        tail = log.read_text().splitlines()[-60:]
+        raise RuntimeError(
+            f"build failed after {minutes:.1f} min (exit {code}); full log: {log}\n"
+            + "\n".join(tail)
+        )
+    print(f"mlxr build: done in {minutes:.1f} min (log: {log})", flush=True)
+
+
+def build_wheel(
+    layout: Layout,
+    tree: Path,
+    out_dir: Path,
+    label: str | None,
+    backend: str = "auto",
+    jobs: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Build the tree's wheel into out_dir unless a wheel of the same inputs is there."""
+    backend = resolve_backend(backend)
+    ensure_requirements()
+    python = ensure_build_venv(layout, tree)
+    args = cmake_args(layout, python, backend)
+    key_src = json.dumps(
+        {
+            "tree": tree_state(tree),
+            "cmake": [a.replace(str(layout.root), "<root>") for a in args],
+            "label": label,
+            "python": sys.version_info[:2],
+            "backend": backend,
+        }
+    )
+    key = hashlib.sha256(key_src.encode()).hexdigest()
+    stamp = out_dir / ".mlxr-build.json"
+    wheels = sorted(out_dir.glob("mlx-*.whl"))
+    current = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+    if not force and len(wheels) == 1 and current:
+        print(f"mlxr build: {wheels[0].name} is up to date")
+        return wheels[0]
+
+    print("mlxr build: GGUF support is off: its gguflib source cannot be fetched offline")
+    print(f"mlxr build: {backend} wheel from {tree.relative_to(layout.root)}", flush=True)
+    env = {
+        **os.environ,
+        "PYPI_RELEASE": "1",
+        "CMAKE_ARGS": " ".join(args),
+        "CMAKE_GENERATOR": "Ninja",
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(jobs or os.cpu_count() or 2),
+    }
+    env.pop("MLX_LOCAL_VERSION_LABEL", None)
+    if label:
+        env["MLX_LOCAL_VERSION_LABEL"] = label
+    dist = layout.build / "dist" / tree.name
+    shutil.rmtree(dist, ignore_errors=True)
+    run_logged(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-v",
+            "-w",
+            str(dist),
+            ".",
+        ],
+        cwd=tree,
+        env=env,
+        log=layout.build / "logs" / f"build-{tree.name}.log",
+    )
+    built = sorted(dist.glob("mlx-*.whl"))
+    if len(built) != 1:
+        raise RuntimeError(f"expected one wheel in {dist}, found {len(built)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("mlx-*.whl"):
+        old.unlink()
+    target = out_dir / built[0].name
+    shutil.move(built[0], target)
+    stamp.write_text(json.dumps({"key": key, "wheel": target.name}) + "\n")
+    print(f"mlxr build: {target.relative_to(layout.root)}")
+    return target
+
+
+def build(
+    layout: Layout, backend: str = "auto", jobs: int | None = None, force: bool = False
+) -> Path:
+    pending = unexported_work(layout)
+    if pending:
+        # The contributor loop: build and test edits before exporting them.
+        tree = layout.applied_tree
+        print(
+            f"mlxr build: building {tree.relative_to(layout.root)} as it is, with work "
+            f"that is not exported yet ({pending.splitlines()[0]})",
+            flush=True,
+        )
+    else:
+        tree = apply(layout, quiet=True)
+    return build_wheel(layout, tree, layout.wheels, local_label(layout), backend, jobs, force)
