@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -30,10 +31,15 @@ class SuiteResult:
         return self.passed + self.skipped + len(self.failed)
 
 
+def _module_path(classname: str) -> str:
+    """test_fast.TestFast, whichever tree (patched or pristine) the suite ran from."""
+    return re.sub(r"^.*?\btests\.(?=test_)", "", classname)
+
+
 def parse_junit(path: Path) -> SuiteResult:
     result = SuiteResult()
     for case in ET.parse(path).getroot().iter("testcase"):
-        test_id = f"{case.get('classname')}::{case.get('name')}"
+        test_id = f"{_module_path(case.get('classname') or '')}::{case.get('name')}"
         if case.find("failure") is not None or case.find("error") is not None:
             result.failed.append(test_id)
         elif case.find("skipped") is not None:
@@ -49,20 +55,10 @@ def run_suite(python: Path, tests_dir: Path, junit: Path, label: str) -> SuiteRe
     junit.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
+    # The tests dir is its own rootdir, so no ini file of ours applies to it.
+    pytest = ["pytest", "-q", "-p", "no:cacheprovider", "--no-header", f"--rootdir={tests_dir}"]
     proc = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--no-header",
-            "-o",
-            "addopts=",
-            f"--junitxml={junit}",
-            ".",
-        ],
+        [str(python), "-m", *pytest, "-o", "addopts=", f"--junitxml={junit}", "."],
         cwd=tests_dir,
         env=env,
         capture_output=True,
