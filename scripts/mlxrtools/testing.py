@@ -15,6 +15,7 @@ from .build import build, build_wheel, cmake_args, ensure_build_venv, venv_pytho
 from .install import install_wheel
 from .layout import Layout, cache_home
 from .upstream_suite import (
+    RESULT_FORMAT,
     SUITE_REQUIREMENTS,
     SuiteResult,
     baseline_result,
@@ -49,7 +50,7 @@ def patched_result(layout: Layout, python: Path, wheel: Path) -> SuiteResult:
     digest = hashlib.sha256(wheel.read_bytes())
     for f in sorted(tests.rglob("*.py")):
         digest.update(f.read_bytes())
-    digest.update(json.dumps(TEST_REQUIREMENTS).encode())
+    digest.update(json.dumps([TEST_REQUIREMENTS, RESULT_FORMAT]).encode())
     cached = cache_home() / "upstream-patched" / f"{digest.hexdigest()[:24]}.json"
     if cached.exists():
         print(f"mlxr test: patched upstream-suite result from cache ({cached})", flush=True)

@@ -18,6 +18,8 @@ from .gitcmd import git, submodule_pin
 from .layout import Layout, cache_home
 
 SUITE_REQUIREMENTS = ("numpy", "pytest")
+# Bump when the meaning of a stored result changes, so stale caches are not read.
+RESULT_FORMAT = 2
 
 
 @dataclass
@@ -77,10 +79,10 @@ def run_suite(python: Path, tests_dir: Path, junit: Path, label: str) -> SuiteRe
     return result
 
 
-def baseline_key(layout: Layout, cmake_key: str) -> str:
+def baseline_key(layout: Layout, options: str) -> str:
     pin = submodule_pin(layout.root)
     return hashlib.sha256(
-        json.dumps([pin, cmake_key, sys.version_info[:2], SUITE_REQUIREMENTS]).encode()
+        json.dumps([pin, options, sys.version_info[:2], SUITE_REQUIREMENTS, RESULT_FORMAT]).encode()
     ).hexdigest()[:24]
 
 

@@ -1,12 +1,14 @@
 // Copyright © 2026 Apple Inc.
 
+#include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <cstring>
+#include <optional>
+#include <vector>
 
 #include "mlx/allocator.h"
-#include "mlx/backend/cpu/copy.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "mlx/dtype_utils.h"
 #include "mlx/fast_primitives.h"
 
 namespace mlx::core::fast {
@@ -18,19 +20,91 @@ namespace {
 // the same way whatever the number of rows.
 constexpr int N_LANES = 16;
 
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// Picks a where mask is all ones and b where it is zero. Bit arithmetic rather
+// than ?: because GCC does not vectorize loops over the latter.
+inline uint32_t select(bool c, uint32_t a, uint32_t b) {
+  uint32_t mask = 0u - static_cast<uint32_t>(c);
+  return (a & mask) | (b & ~mask);
+}
+
+// Conversions between float and the storage type, written without branches so
+// that whole rows vectorize. They round exactly as float16_t and bfloat16_t do
+// (to nearest even, with the same NaN), so h matches what x + r gives.
 template <typename T>
-float sum_squares(const T* h, int axis_size) {
+struct Convert {
+  static float to_float(T x) {
+    return x;
+  }
+  static T from_float(float x) {
+    return x;
+  }
+};
+
+template <>
+struct Convert<float16_t> {
+  static float to_float(float16_t x) {
+    uint32_t w = uint32_t(x.bits_) << 16;
+    uint32_t sign = w & 0x80000000u;
+    uint32_t two_w = w + w;
+    float normalized = bits_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    float denormalized = bits_float((two_w >> 17) | (126u << 23)) - 0.5f;
+    return bits_float(
+        sign |
+        select(
+            two_w < (1u << 27),
+            float_bits(denormalized),
+            float_bits(normalized)));
+  }
+  static float16_t from_float(float x) {
+    float base = (std::fabs(x) * 0x1.0p+112f) * 0x1.0p-110f;
+    uint32_t w = float_bits(x);
+    uint32_t shl1_w = w + w;
+    uint32_t sign = (w & 0x80000000u) >> 16;
+    uint32_t bias = std::max(shl1_w & 0xFF000000u, 0x71000000u);
+    uint32_t bits = float_bits(bits_float((bias >> 1) + 0x07800000u) + base);
+    uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
+    float16_t out;
+    out.bits_ = sign | select(shl1_w > 0xFF000000u, 0x7D00u, nonsign);
+    return out;
+  }
+};
+
+template <>
+struct Convert<bfloat16_t> {
+  static float to_float(bfloat16_t x) {
+    return bits_float(uint32_t(x.bits_) << 16);
+  }
+  static bfloat16_t from_float(float x) {
+    uint32_t u = float_bits(x);
+    uint32_t rounded = (u + ((u >> 16) & 1) + 0x7FFFu) >> 16;
+    bfloat16_t out;
+    out.bits_ = select((u & 0x7FFFFFFFu) > 0x7F800000u, 0x7FC0u, rounded);
+    return out;
+  }
+};
+
+float sum_squares(const float* h, int axis_size) {
   float acc[N_LANES] = {};
   int i = 0;
   for (; i + N_LANES <= axis_size; i += N_LANES) {
     for (int j = 0; j < N_LANES; j++) {
-      float hj = static_cast<float>(h[i + j]);
-      acc[j] += hj * hj;
+      acc[j] += h[i + j] * h[i + j];
     }
   }
   for (int j = 0; i + j < axis_size; j++) {
-    float hj = static_cast<float>(h[i + j]);
-    acc[j] += hj * hj;
+    acc[j] += h[i + j] * h[i + j];
   }
   for (int width = N_LANES / 2; width > 0; width /= 2) {
     for (int j = 0; j < width; j++) {
@@ -40,61 +114,23 @@ float sum_squares(const T* h, int axis_size) {
   return acc[0];
 }
 
-// h = x + r rounded to T, as the add primitive rounds it, then the sum of the
-// squares of the rounded values.
-template <typename T>
-float add_sum_squares(const T* x, const T* r, T* h, int axis_size) {
-  for (int i = 0; i < axis_size; i++) {
-    h[i] = static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(r[i]));
-  }
-  // h was just written, so the second read is served from cache.
-  return sum_squares(h, axis_size);
-}
-
-template <typename T>
-void scale_row(
-    const T* h,
-    const T* w,
-    int64_t w_stride,
-    T* y,
-    float inv_rms,
-    int axis_size) {
-  if (w_stride == 1) {
-    for (int i = 0; i < axis_size; i++) {
-      T n = static_cast<T>(static_cast<float>(h[i]) * inv_rms);
-      y[i] = static_cast<T>(static_cast<float>(w[i]) * static_cast<float>(n));
-    }
-  } else {
-    for (int i = 0; i < axis_size; i++) {
-      T n = static_cast<T>(static_cast<float>(h[i]) * inv_rms);
-      y[i] = static_cast<T>(
-          static_cast<float>(w[i * w_stride]) * static_cast<float>(n));
-    }
-  }
-}
-
-template <typename T>
-void normalize_row(const T* h, T* y, float inv_rms, int axis_size) {
-  for (int i = 0; i < axis_size; i++) {
-    y[i] = static_cast<T>(static_cast<float>(h[i]) * inv_rms);
-  }
-}
-
-// Offset of the first element of each row. The last axis is contiguous; the
-// other axes may be sliced, transposed or broadcast.
-struct RowOffsets {
+// Where each row starts, and the stride along it. Only the last axis is read
+// as a row; the other axes may be sliced, transposed or broadcast.
+struct RowLayout {
   Shape shape;
   Strides strides;
   bool row_contiguous;
   int axis_size;
+  int64_t axis_stride;
 
-  explicit RowOffsets(const array& a)
+  explicit RowLayout(const array& a)
       : shape(a.shape().begin(), a.shape().end() - 1),
         strides(a.strides().begin(), a.strides().end() - 1),
         row_contiguous(a.flags().row_contiguous),
-        axis_size(a.shape().back()) {}
+        axis_size(a.shape().back()),
+        axis_stride(a.shape().back() == 1 ? 1 : a.strides().back()) {}
 
-  int64_t operator()(int64_t row) const {
+  int64_t offset(int64_t row) const {
     if (row_contiguous) {
       return row * axis_size;
     }
@@ -106,6 +142,26 @@ struct RowOffsets {
     return loc;
   }
 };
+
+// Reads one row as floats. A contiguous float row is used in place.
+template <typename T>
+const float* load_row(const T* in, int64_t stride, int n, float* buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stride == 1) {
+      return in;
+    }
+  }
+  if (stride == 1) {
+    for (int i = 0; i < n; i++) {
+      buf[i] = Convert<T>::to_float(in[i]);
+    }
+  } else {
+    for (int i = 0; i < n; i++) {
+      buf[i] = Convert<T>::to_float(in[i * stride]);
+    }
+  }
+  return buf;
+}
 
 template <typename T>
 void rms_norm_fused(
@@ -127,38 +183,66 @@ void rms_norm_fused(
 
   int axis_size = x.shape().back();
   int64_t n_rows = axis_size == 0 ? 0 : y.size() / axis_size;
-  const T* x_ptr = x.data<T>();
-  const T* r_ptr = r ? r->data<T>() : nullptr;
-  const T* w_ptr = w.data<T>();
   // A scalar weight stands for no weight; a weight of size 1 may have stride 0.
   bool has_weight = w.ndim() == 1;
   int64_t w_stride = has_weight ? w.strides()[0] : 0;
+  const T* x_ptr = x.data<T>();
+  const T* r_ptr = r ? r->data<T>() : nullptr;
+  const T* w_ptr = w.data<T>();
   T* y_ptr = y.data<T>();
   T* h_ptr = h ? h->data<T>() : nullptr;
-  RowOffsets x_rows(x);
-  std::optional<RowOffsets> r_rows;
+  RowLayout x_rows(x);
+  std::optional<RowLayout> r_rows;
   if (r) {
     r_rows.emplace(*r);
   }
 
   encoder.dispatch([=]() {
-    for (int64_t row = 0; row < n_rows; row++) {
-      const T* xr = x_ptr + x_rows(row);
-      T* yr = y_ptr + row * axis_size;
-      const T* hr = xr;
-      float sumsq;
-      if (r_ptr) {
-        T* hw = h_ptr + row * axis_size;
-        sumsq = add_sum_squares(xr, r_ptr + (*r_rows)(row), hw, axis_size);
-        hr = hw;
-      } else {
-        sumsq = sum_squares(xr, axis_size);
+    using C = Convert<T>;
+    // At most three rows of floats, whatever the number of rows.
+    std::vector<float> w_row(has_weight ? axis_size : 0);
+    std::vector<float> x_buf(axis_size);
+    std::vector<float> r_buf(r_ptr ? axis_size : 0);
+    if (has_weight) {
+      for (int i = 0; i < axis_size; i++) {
+        w_row[i] = C::to_float(w_ptr[i * w_stride]);
       }
-      float inv_rms = 1.0f / std::sqrt(sumsq / axis_size + eps);
+    }
+    for (int64_t row = 0; row < n_rows; row++) {
+      const float* hf = load_row(
+          x_ptr + x_rows.offset(row),
+          x_rows.axis_stride,
+          axis_size,
+          x_buf.data());
+      if (r_ptr) {
+        const float* rf = load_row(
+            r_ptr + r_rows->offset(row),
+            r_rows->axis_stride,
+            axis_size,
+            r_buf.data());
+        // h is rounded to T, as x + r is, and then normalized.
+        T* h_out = h_ptr + row * axis_size;
+        float* h_buf = x_buf.data();
+        for (int i = 0; i < axis_size; i++) {
+          T hi = C::from_float(hf[i] + rf[i]);
+          h_out[i] = hi;
+          h_buf[i] = C::to_float(hi);
+        }
+        hf = h_buf;
+      }
+      float inv_rms =
+          1.0f / std::sqrt(sum_squares(hf, axis_size) / axis_size + eps);
+      T* y_out = y_ptr + row * axis_size;
       if (has_weight) {
-        scale_row(hr, w_ptr, w_stride, yr, inv_rms, axis_size);
+        const float* wf = w_row.data();
+        for (int i = 0; i < axis_size; i++) {
+          float n = C::to_float(C::from_float(hf[i] * inv_rms));
+          y_out[i] = C::from_float(wf[i] * n);
+        }
       } else {
-        normalize_row(hr, yr, inv_rms, axis_size);
+        for (int i = 0; i < axis_size; i++) {
+          y_out[i] = C::from_float(hf[i] * inv_rms);
+        }
       }
     }
   });
@@ -170,43 +254,33 @@ void RMSNormFused::eval_cpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
   assert(inputs.size() == (has_residual_ ? 3 : 2));
-  auto s = stream();
-  auto& encoder = cpu::get_command_encoder(s);
-
-  // Rows may start anywhere, but each must be contiguous.
-  auto rows_contiguous = [&](const array& a) {
-    if (a.strides().back() == 1 || a.shape().back() == 1) {
-      return a;
-    }
-    array copy = contiguous_copy_cpu(a, s);
-    encoder.add_temporary(copy);
-    return copy;
-  };
-  array x = rows_contiguous(inputs[0]);
+  const array& x = inputs[0];
+  const array* r = has_residual_ ? &inputs[1] : nullptr;
   const array& w = inputs.back();
   array& y = outputs[0];
+  array* h = has_residual_ ? &outputs[1] : nullptr;
 
+  // Rows are read in place whatever their layout, so the only buffers are the
+  // outputs. A second output keeps its inputs alive through its siblings, so
+  // only the single-output form can take over x.
   if (!has_residual_ && x.flags().row_contiguous && x.is_donatable()) {
     y.copy_shared_buffer(x);
   } else {
     y.set_data(allocator::malloc(y.nbytes()));
   }
-  std::optional<array> r;
-  if (has_residual_) {
-    r = rows_contiguous(inputs[1]);
-    outputs[1].set_data(allocator::malloc(outputs[1].nbytes()));
+  if (h) {
+    h->set_data(allocator::malloc(h->nbytes()));
   }
-  array* h = has_residual_ ? &outputs[1] : nullptr;
 
   switch (y.dtype()) {
     case float32:
-      rms_norm_fused<float>(x, r ? &*r : nullptr, w, y, h, eps_, s);
+      rms_norm_fused<float>(x, r, w, y, h, eps_, stream());
       break;
     case float16:
-      rms_norm_fused<float16_t>(x, r ? &*r : nullptr, w, y, h, eps_, s);
+      rms_norm_fused<float16_t>(x, r, w, y, h, eps_, stream());
       break;
     case bfloat16:
-      rms_norm_fused<bfloat16_t>(x, r ? &*r : nullptr, w, y, h, eps_, s);
+      rms_norm_fused<bfloat16_t>(x, r, w, y, h, eps_, stream());
       break;
     default:
       throw std::runtime_error(
