@@ -67,6 +67,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mlxrtools.bench import run_bench
 
     extra = ["--shapes", args.shapes, "--dtypes", args.dtypes]
+    if args.cache_limit_mb is not None:
+        extra += ["--cache-limit-mb", str(args.cache_limit_mb)]
+    if args.sweep:
+        extra.append("--sweep")
     return run_bench(default_layout(), device=args.device, repeats=args.repeats, extra=extra)
 
 
@@ -153,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
         "table of medians and GB/s and writes it to build/results/.",
     )
     n.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    n.add_argument("--repeats", type=int, default=50, help="timed calls per case")
+    n.add_argument("--repeats", type=int, default=30, help="timed calls per case")
     n.add_argument(
         "--shapes",
         default="4096x4096,8x4096,1x4096",
@@ -161,6 +165,18 @@ def parser() -> argparse.ArgumentParser:
     )
     n.add_argument(
         "--dtypes", default="float32,bfloat16", help="comma-separated dtypes (default: %(default)s)"
+    )
+    n.add_argument(
+        "--cache-limit-mb",
+        type=int,
+        default=None,
+        help="set MLX's buffer cache limit; by default outputs over 32 MB are fresh "
+        "allocations that page-fault, in every case alike",
+    )
+    n.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also sweep hidden sizes and chart GB/s against hidden size (PNG)",
     )
     n.set_defaults(func=cmd_bench)
     return p

@@ -1,7 +1,8 @@
 """Times rmsnorm_fused against its baselines. Runs inside a venv with the wheel.
 
-Every ratio in the table compares cases measured in the same run on the same
-machine; each time is the median of many calls after a warm-up.
+Every ratio compares cases measured in the same run on the same machine; each
+time is the median of many calls after a warm-up. Bytes are those the op must
+move: x and y, plus r and h for the residual form.
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
 EPS = 1e-6
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+FUSED, UPSTREAM = "rmsnorm_fused", "mx.fast.rms_norm"
+FUSED_RES, UPSTREAM_RES = "rmsnorm_fused(residual)", "x + r, mx.fast.rms_norm"
+COPY = "numpy copy of the same bytes"
+BASELINE = {FUSED: UPSTREAM, UPSTREAM: UPSTREAM, COPY: UPSTREAM, FUSED_RES: UPSTREAM_RES}
+BASELINE[UPSTREAM_RES] = UPSTREAM_RES
 
 
 @dataclass
@@ -69,6 +76,7 @@ def bench_shape(
         h = mx.add(x, r, stream=s)
         mx.eval(mx.fast.rms_norm(h, w, EPS, stream=s), h)
 
+    # The machine's bandwidth limit for the bytes rms_norm moves: read n, write n.
     src = np.frombuffer(np.random.default_rng(0).bytes(n), dtype=np.uint8)
     dst = np.empty_like(src)
 
@@ -76,11 +84,11 @@ def bench_shape(
         np.copyto(dst, src)
 
     cases = [
-        ("rmsnorm_fused", fused, 2 * n),
-        ("mx.fast.rms_norm", upstream, 2 * n),
-        ("rmsnorm_fused(residual)", fused_residual, 4 * n),
-        ("x + r, mx.fast.rms_norm", upstream_residual, 4 * n),
-        ("numpy copy (same bytes as rms_norm)", numpy_copy, 2 * n),
+        (FUSED, fused, 2 * n),
+        (UPSTREAM, upstream, 2 * n),
+        (FUSED_RES, fused_residual, 4 * n),
+        (UPSTREAM_RES, upstream_residual, 4 * n),
+        (COPY, numpy_copy, 2 * n),
     ]
     return [
         Row((rows, hidden), dtype_name, name, median_seconds(fn, repeats), moved)
@@ -92,7 +100,7 @@ def markdown(rows: list[Row], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
         "",
-        "| shape | dtype | case | time (µs) | GB/s | vs mx.fast.rms_norm |",
+        "| shape | dtype | case | time (µs) | GB/s | speed-up vs baseline |",
         "| --- | --- | --- | ---: | ---: | ---: |",
     ]
     by_key: dict[tuple[tuple[int, int], str], dict[str, Row]] = {}
@@ -100,16 +108,48 @@ def markdown(rows: list[Row], machine: str) -> str:
         by_key.setdefault((row.shape, row.dtype), {})[row.case] = row
     for (shape, dtype), cases in by_key.items():
         for row in cases.values():
-            base = "x + r, mx.fast.rms_norm" if "residual" in row.case else "mx.fast.rms_norm"
-            ratio = cases[base].seconds / row.seconds
+            base = cases[BASELINE[row.case]]
             lines.append(
                 f"| {shape[0]}×{shape[1]} | {dtype} | {row.case} | {row.seconds * 1e6:,.1f} "
-                f"| {row.gbps:,.1f} | {ratio:.2f}× |"
+                f"| {row.gbps:,.1f} | {base.seconds / row.seconds:.2f}× vs {base.case} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def machine_name(device: str) -> str:
+def sweep(dtypes: list[str], device: mx.Device, repeats: int, elements: int = 1 << 22) -> list[Row]:
+    """GB/s against hidden size, at a fixed number of elements per call."""
+    rows = []
+    for dtype in dtypes:
+        for hidden in (256, 1024, 4096, 16384, 65536):
+            rows += bench_shape(max(elements // hidden, 1), hidden, dtype, device, repeats)
+    return rows
+
+
+def chart(rows: list[Row], machine: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dtypes = sorted({r.dtype for r in rows})
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes, strict=True):
+        for case in (FUSED, FUSED_RES, UPSTREAM, UPSTREAM_RES, COPY):
+            pts = sorted((r.shape[1], r.gbps) for r in rows if r.dtype == dtype and r.case == case)
+            style = "--" if case == COPY else "-"
+            ax.plot(*zip(*pts, strict=True), style, marker="o", label=case)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("hidden size (rows × hidden fixed at 4M elements)")
+        ax.set_ylabel("GB/s")
+        ax.set_title(dtype)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(machine, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine_name(device: str, cache_limit_mb: int | None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -120,30 +160,50 @@ def machine_name(device: str) -> str:
     except OSError:
         pass
     system = f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores"
-    return f"{system}; {device} stream; mlx {mx.__version__}"
+    cache = (
+        "MLX's default buffer cache"
+        if cache_limit_mb is None
+        else f"buffer cache limit {cache_limit_mb} MB"
+    )
+    return f"{system}; {device} stream; mlx {mx.__version__}; {cache}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument(
-        "--shapes", default="4096x4096,8x4096,1x4096", help="comma-separated ROWSxHIDDEN list"
-    )
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--shapes", default="4096x4096,8x4096,1x4096")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--out", help="also write the Markdown table here")
+    p.add_argument(
+        "--cache-limit-mb",
+        type=int,
+        default=None,
+        help="MLX buffer cache limit; large outputs skip the default cache and page-fault",
+    )
+    p.add_argument("--sweep", action="store_true", help="also sweep hidden sizes for a chart")
+    p.add_argument("--out-dir", type=Path, help="write bench-<device>.md (and .png) here")
     args = p.parse_args()
+    if args.cache_limit_mb is not None:
+        mx.set_cache_limit(args.cache_limit_mb << 20)
     device = mx.cpu if args.device == "cpu" else mx.gpu
+    machine = machine_name(args.device, args.cache_limit_mb)
     rows: list[Row] = []
+    dtypes = args.dtypes.split(",")
     for spec in args.shapes.split(","):
         n_rows, hidden = (int(v) for v in spec.lower().split("x"))
-        for dtype in args.dtypes.split(","):
+        for dtype in dtypes:
             rows += bench_shape(n_rows, hidden, dtype, device, args.repeats)
-    table = markdown(rows, machine_name(args.device))
+    table = markdown(rows, machine)
     print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table)
+    swept = sweep(dtypes, device, args.repeats) if args.sweep else []
+    if swept:
+        print(markdown(swept, machine))
+    if args.out_dir:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        text = table + ("\n" + markdown(swept, machine) if swept else "")
+        (args.out_dir / f"bench-{args.device}.md").write_text(text)
+        if swept:
+            chart(swept, machine, args.out_dir / f"bench-{args.device}.png")
 
 
 if __name__ == "__main__":

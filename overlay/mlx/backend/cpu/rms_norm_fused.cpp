@@ -95,16 +95,16 @@ struct Convert<bfloat16_t> {
   }
 };
 
-float sum_squares(const float* h, int axis_size) {
+float dot(const float* a, const float* b, int axis_size) {
   float acc[N_LANES] = {};
   int i = 0;
   for (; i + N_LANES <= axis_size; i += N_LANES) {
     for (int j = 0; j < N_LANES; j++) {
-      acc[j] += h[i + j] * h[i + j];
+      acc[j] += a[i + j] * b[i + j];
     }
   }
   for (int j = 0; i + j < axis_size; j++) {
-    acc[j] += h[i + j] * h[i + j];
+    acc[j] += a[i + j] * b[i + j];
   }
   for (int width = N_LANES / 2; width > 0; width /= 2) {
     for (int j = 0; j < width; j++) {
@@ -112,6 +112,10 @@ float sum_squares(const float* h, int axis_size) {
     }
   }
   return acc[0];
+}
+
+float sum_squares(const float* h, int axis_size) {
+  return dot(h, h, axis_size);
 }
 
 // Where each row starts, and the stride along it. Only the last axis is read
@@ -248,6 +252,107 @@ void rms_norm_fused(
   });
 }
 
+template <typename T>
+void rms_norm_fused_vjp(
+    const array& h,
+    const array& w,
+    const array& dy,
+    const array* dh_in,
+    array& dh,
+    array& dw,
+    float eps,
+    Stream stream) {
+  auto& encoder = cpu::get_command_encoder(stream);
+  encoder.set_input_array(h);
+  encoder.set_input_array(w);
+  encoder.set_input_array(dy);
+  if (dh_in) {
+    encoder.set_input_array(*dh_in);
+  }
+  encoder.set_output_array(dh);
+  encoder.set_output_array(dw);
+
+  int axis_size = h.shape().back();
+  int64_t n_rows = axis_size == 0 ? 0 : h.size() / axis_size;
+  bool has_weight = w.ndim() == 1;
+  int64_t w_stride = has_weight ? w.strides()[0] : 0;
+  const T* h_ptr = h.data<T>();
+  const T* w_ptr = w.data<T>();
+  const T* dy_ptr = dy.data<T>();
+  const T* dh_in_ptr = dh_in ? dh_in->data<T>() : nullptr;
+  T* dh_ptr = dh.data<T>();
+  T* dw_ptr = dw.data<T>();
+  RowLayout h_rows(h);
+  RowLayout dy_rows(dy);
+  std::optional<RowLayout> dh_in_rows;
+  if (dh_in) {
+    dh_in_rows.emplace(*dh_in);
+  }
+
+  encoder.dispatch([=]() {
+    using C = Convert<T>;
+    std::vector<float> w_row(axis_size, 1.0f);
+    // The weight gradient accumulates in float32 whatever T is, row after row.
+    std::vector<float> dw_acc(has_weight ? axis_size : 0, 0.0f);
+    std::vector<float> h_buf(axis_size);
+    std::vector<float> dy_buf(axis_size);
+    std::vector<float> dh_buf(dh_in_ptr ? axis_size : 0);
+    std::vector<float> gw(axis_size);
+    if (has_weight) {
+      for (int i = 0; i < axis_size; i++) {
+        w_row[i] = C::to_float(w_ptr[i * w_stride]);
+      }
+    }
+    for (int64_t row = 0; row < n_rows; row++) {
+      const float* hf = load_row(
+          h_ptr + h_rows.offset(row),
+          h_rows.axis_stride,
+          axis_size,
+          h_buf.data());
+      const float* gf = load_row(
+          dy_ptr + dy_rows.offset(row),
+          dy_rows.axis_stride,
+          axis_size,
+          dy_buf.data());
+      for (int i = 0; i < axis_size; i++) {
+        gw[i] = gf[i] * w_row[i];
+      }
+      float inv_rms =
+          1.0f / std::sqrt(sum_squares(hf, axis_size) / axis_size + eps);
+      float mean_gwh = dot(gw.data(), hf, axis_size) / axis_size;
+      float inv_rms3 = inv_rms * inv_rms * inv_rms;
+      T* out = dh_ptr + row * axis_size;
+      if (dh_in_ptr) {
+        const float* df = load_row(
+            dh_in_ptr + dh_in_rows->offset(row),
+            dh_in_rows->axis_stride,
+            axis_size,
+            dh_buf.data());
+        for (int i = 0; i < axis_size; i++) {
+          out[i] = C::from_float(
+              gw[i] * inv_rms - hf[i] * mean_gwh * inv_rms3 + df[i]);
+        }
+      } else {
+        for (int i = 0; i < axis_size; i++) {
+          out[i] = C::from_float(gw[i] * inv_rms - hf[i] * mean_gwh * inv_rms3);
+        }
+      }
+      if (has_weight) {
+        for (int i = 0; i < axis_size; i++) {
+          dw_acc[i] += gf[i] * hf[i] * inv_rms;
+        }
+      }
+    }
+    if (has_weight) {
+      for (int i = 0; i < axis_size; i++) {
+        dw_ptr[i] = C::from_float(dw_acc[i]);
+      }
+    } else {
+      dw_ptr[0] = C::from_float(0.0f);
+    }
+  });
+}
+
 } // namespace
 
 void RMSNormFused::eval_cpu(
@@ -281,6 +386,35 @@ void RMSNormFused::eval_cpu(
       break;
     case bfloat16:
       rms_norm_fused<bfloat16_t>(x, r, w, y, h, eps_, stream());
+      break;
+    default:
+      throw std::runtime_error(
+          "[rmsnorm_fused] Only float32, float16 and bfloat16 are supported.");
+  }
+}
+
+void RMSNormFusedVJP::eval_cpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  assert(inputs.size() == (has_residual_ ? 4 : 3));
+  const array& h = inputs[0];
+  const array& w = inputs[1];
+  const array& dy = inputs[2];
+  const array* dh_in = has_residual_ ? &inputs[3] : nullptr;
+  array& dh = outputs[0];
+  array& dw = outputs[1];
+  dh.set_data(allocator::malloc(dh.nbytes()));
+  dw.set_data(allocator::malloc(dw.nbytes()));
+
+  switch (dh.dtype()) {
+    case float32:
+      rms_norm_fused_vjp<float>(h, w, dy, dh_in, dh, dw, eps_, stream());
+      break;
+    case float16:
+      rms_norm_fused_vjp<float16_t>(h, w, dy, dh_in, dh, dw, eps_, stream());
+      break;
+    case bfloat16:
+      rms_norm_fused_vjp<bfloat16_t>(h, w, dy, dh_in, dh, dw, eps_, stream());
       break;
     default:
       throw std::runtime_error(

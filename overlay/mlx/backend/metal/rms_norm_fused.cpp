@@ -3,6 +3,7 @@
 #include "mlx/backend/metal/rms_norm_fused.h"
 #include "mlx/backend/gpu/copy.h"
 #include "mlx/backend/metal/device.h"
+#include "mlx/backend/metal/reduce.h"
 #include "mlx/backend/metal/utils.h"
 #include "mlx/fast_primitives.h"
 
@@ -49,11 +50,13 @@ void RMSNormFused::eval_gpu(
   }
   size_t n_rows = out.size() / axis_size;
 
-  auto max_group = d.get_kernel("rms_fused_looped" + type_to_name(out))
-                       ->maxTotalThreadsPerThreadgroup();
-  auto dispatch = rms_norm_fused_dispatch(axis_size, n_rows, max_group);
-  auto kernel =
-      d.get_kernel(dispatch.kernel_name(has_residual_, type_to_name(out)));
+  // The variant depends on the row length alone; the looped one then takes
+  // the largest threadgroup its pipeline allows.
+  auto name = rms_norm_fused_dispatch(axis_size, n_rows, 0)
+                  .kernel_name(has_residual_, type_to_name(out));
+  auto kernel = d.get_kernel(name);
+  auto dispatch = rms_norm_fused_dispatch(
+      axis_size, n_rows, kernel->maxTotalThreadsPerThreadgroup());
   assert(dispatch.threadgroup_size <= kernel->maxTotalThreadsPerThreadgroup());
 
   uint32_t w_stride = (w.ndim() == 1) ? w.strides()[0] : 0;
@@ -69,6 +72,93 @@ void RMSNormFused::eval_gpu(
   compute_encoder.dispatch_threads(
       MTL::Size(dispatch.grid_size, 1, 1),
       MTL::Size(dispatch.threadgroup_size, 1, 1));
+}
+
+void RMSNormFusedVJP::eval_gpu(
+    const std::vector<array>& inputs,
+    std::vector<array>& outputs) {
+  auto& s = stream();
+  auto& d = metal::device(s.device);
+  auto& compute_encoder = metal::get_command_encoder(s);
+
+  auto row_contiguous = [&](const array& a) {
+    if (a.flags().row_contiguous) {
+      return a;
+    }
+    array copy = contiguous_copy_gpu(a, s);
+    compute_encoder.add_temporary(copy);
+    return copy;
+  };
+  const array h = row_contiguous(inputs[0]);
+  const array& w = inputs[1];
+  const array dy = row_contiguous(inputs[2]);
+  const array dh_in = has_residual_ ? row_contiguous(inputs[3]) : dy;
+  array& dh = outputs[0];
+  array& dw = outputs[1];
+  bool has_w = w.ndim() != 0;
+
+  dh.set_data(allocator::malloc(dh.nbytes()));
+  auto axis_size = static_cast<uint32_t>(h.shape().back());
+  size_t n_rows = axis_size == 0 ? 0 : h.size() / axis_size;
+  if (n_rows == 0) {
+    // No rows: dw is all zeros.
+    fill_gpu(array(0, dw.dtype()), dw, s);
+    return;
+  }
+
+  // Per-row weight-gradient partials stay in float32 until they are summed.
+  array dw_rows = has_w
+      ? array(
+            {static_cast<int>(n_rows), h.shape().back()}, float32, nullptr, {})
+      : dy;
+  if (has_w) {
+    dw_rows.set_data(allocator::malloc(dw_rows.nbytes()));
+    compute_encoder.add_temporary(dw_rows);
+  }
+
+  auto name = "vjp_" +
+      rms_norm_fused_dispatch(axis_size, n_rows, 0)
+          .kernel_name(has_residual_, type_to_name(dh));
+  metal::MTLFCList func_consts = {
+      {&has_w, MTL::DataType::DataTypeBool, 20},
+  };
+  auto kernel = d.get_kernel(name, name + (has_w ? "_w" : "_now"), func_consts);
+  auto dispatch = rms_norm_fused_dispatch(
+      axis_size, n_rows, kernel->maxTotalThreadsPerThreadgroup());
+  assert(dispatch.threadgroup_size <= kernel->maxTotalThreadsPerThreadgroup());
+
+  uint32_t w_stride = has_w ? w.strides()[0] : 0;
+  compute_encoder.set_compute_pipeline_state(kernel);
+  compute_encoder.set_input_array(h, 0);
+  compute_encoder.set_input_array(w, 1);
+  compute_encoder.set_input_array(dy, 2);
+  compute_encoder.set_input_array(dh_in, 3);
+  compute_encoder.set_output_array(dh, 4);
+  compute_encoder.set_output_array(dw_rows, 5);
+  compute_encoder.set_bytes(eps_, 6);
+  compute_encoder.set_bytes(axis_size, 7);
+  compute_encoder.set_bytes(w_stride, 8);
+  compute_encoder.dispatch_threads(
+      MTL::Size(dispatch.grid_size, 1, 1),
+      MTL::Size(dispatch.threadgroup_size, 1, 1));
+
+  if (!has_w) {
+    fill_gpu(array(0, dw.dtype()), dw, s);
+    return;
+  }
+  array dw_sum =
+      dw.dtype() == float32 ? dw : array(dw.shape(), float32, nullptr, {});
+  dw_sum.set_data(allocator::malloc(dw_sum.nbytes()));
+  ReductionPlan plan(
+      ReductionOpType::ContiguousStridedReduce,
+      {static_cast<int>(n_rows)},
+      {static_cast<int64_t>(axis_size)});
+  strided_reduce_general_dispatch(
+      dw_rows, dw_sum, "sum", plan, {0}, compute_encoder, d, s);
+  if (dw.dtype() != float32) {
+    compute_encoder.add_temporary(dw_sum);
+    copy_gpu(dw_sum, dw, CopyType::Vector, s);
+  }
 }
 
 } // namespace mlx::core::fast

@@ -7,6 +7,8 @@
 
 using namespace metal;
 
+constant bool has_w [[function_constant(20)]];
+
 // RMS norm of h = x + r (or of x alone), one threadgroup per row. h is rounded
 // to T before it is squared, as x + r would be, and is written out when
 // HAS_RESIDUAL. The output is w * T(h * rsqrt(mean(h^2) + eps)), in the order
@@ -145,14 +147,160 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
   }
 }
 
+// Gradient of y = w * h * rsqrt(mean(h^2) + eps): dh, plus the incoming
+// cotangent of h when HAS_DH, and, when has_w, per-row float32 partials of dw
+// that the host then sums over rows.
+template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
+[[kernel]] void vjp_rms_fused_single_row(
+    const device T* h,
+    const device T* w,
+    const device T* dy,
+    const device T* dh_in,
+    device T* dh,
+    device float* dw_rows,
+    constant float& eps,
+    constant uint& axis_size,
+    constant uint& w_stride,
+    uint gid [[threadgroup_position_in_grid]],
+    uint lid [[thread_position_in_threadgroup]],
+    uint simd_lane_id [[thread_index_in_simdgroup]],
+    uint simd_group_id [[simdgroup_index_in_threadgroup]]) {
+  constexpr int SIMD_SIZE = 32;
+  threadgroup float local_sumh2[SIMD_SIZE];
+  threadgroup float local_sumgwh[SIMD_SIZE];
+
+  size_t offset = gid * size_t(axis_size) + lid * N_READS;
+  h += offset;
+  dy += offset;
+  dh_in += offset;
+  dh += offset;
+  dw_rows += offset;
+  w += w_stride * lid * N_READS;
+
+  float thread_h[N_READS];
+  float thread_g[N_READS];
+  float thread_w[N_READS];
+  float sumh2 = 0;
+  float sumgwh = 0;
+  for (int i = 0; i < N_READS; i++) {
+    if (lid * N_READS + i < axis_size) {
+      thread_h[i] = h[i];
+      thread_g[i] = dy[i];
+      thread_w[i] = w[w_stride * i];
+    } else {
+      thread_h[i] = 0;
+      thread_g[i] = 0;
+      thread_w[i] = 0;
+    }
+    sumh2 += thread_h[i] * thread_h[i];
+    sumgwh += thread_g[i] * thread_w[i] * thread_h[i];
+  }
+  sumh2 =
+      threadgroup_sum<SIMD_SIZE>(sumh2, local_sumh2, simd_lane_id, simd_group_id);
+  sumgwh = threadgroup_sum<SIMD_SIZE>(
+      sumgwh, local_sumgwh, simd_lane_id, simd_group_id);
+
+  float inv = metal::precise::rsqrt(sumh2 / axis_size + eps);
+  float mean_gwh = sumgwh / axis_size;
+  float inv3 = inv * inv * inv;
+  for (int i = 0; i < N_READS; i++) {
+    if (lid * N_READS + i < axis_size) {
+      float d = thread_g[i] * thread_w[i] * inv - thread_h[i] * mean_gwh * inv3;
+      if (HAS_DH) {
+        d += static_cast<float>(dh_in[i]);
+      }
+      dh[i] = static_cast<T>(d);
+      if (has_w) {
+        dw_rows[i] = thread_g[i] * thread_h[i] * inv;
+      }
+    }
+  }
+}
+
+template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
+[[kernel]] void vjp_rms_fused_looped(
+    const device T* h,
+    const device T* w,
+    const device T* dy,
+    const device T* dh_in,
+    device T* dh,
+    device float* dw_rows,
+    constant float& eps,
+    constant uint& axis_size,
+    constant uint& w_stride,
+    uint gid [[threadgroup_position_in_grid]],
+    uint lid [[thread_position_in_threadgroup]],
+    uint lsize [[threads_per_threadgroup]],
+    uint simd_lane_id [[thread_index_in_simdgroup]],
+    uint simd_group_id [[simdgroup_index_in_threadgroup]]) {
+  constexpr int SIMD_SIZE = 32;
+  threadgroup float local_sumh2[SIMD_SIZE];
+  threadgroup float local_sumgwh[SIMD_SIZE];
+
+  size_t offset = gid * size_t(axis_size) + lid * N_READS;
+  h += offset;
+  dy += offset;
+  dh_in += offset;
+  dh += offset;
+  dw_rows += offset;
+  w += w_stride * lid * N_READS;
+
+  float sumh2 = 0;
+  float sumgwh = 0;
+  for (uint c = 0; c < axis_size; c += lsize * N_READS) {
+    for (int i = 0; i < N_READS; i++) {
+      if (c + lid * N_READS + i < axis_size) {
+        float hi = h[c + i];
+        float gi = dy[c + i];
+        float wi = w[w_stride * (c + i)];
+        sumh2 += hi * hi;
+        sumgwh += gi * wi * hi;
+      }
+    }
+  }
+  sumh2 =
+      threadgroup_sum<SIMD_SIZE>(sumh2, local_sumh2, simd_lane_id, simd_group_id);
+  sumgwh = threadgroup_sum<SIMD_SIZE>(
+      sumgwh, local_sumgwh, simd_lane_id, simd_group_id);
+
+  float inv = metal::precise::rsqrt(sumh2 / axis_size + eps);
+  float mean_gwh = sumgwh / axis_size;
+  float inv3 = inv * inv * inv;
+  for (uint c = 0; c < axis_size; c += lsize * N_READS) {
+    for (int i = 0; i < N_READS; i++) {
+      if (c + lid * N_READS + i < axis_size) {
+        float hi = h[c + i];
+        float gi = dy[c + i];
+        float wi = w[w_stride * (c + i)];
+        float d = gi * wi * inv - hi * mean_gwh * inv3;
+        if (HAS_DH) {
+          d += static_cast<float>(dh_in[c + i]);
+        }
+        dh[c + i] = static_cast<T>(d);
+        if (has_w) {
+          dw_rows[c + i] = gi * hi * inv;
+        }
+      }
+    }
+  }
+}
+
 // clang-format off
-#define instantiate_rms_fused(name, itype)                                 \
-  instantiate_kernel("rms_fused" #name, rms_fused_single_row, itype, false) \
-  instantiate_kernel(                                                      \
-      "rms_fused_residual" #name, rms_fused_single_row, itype, true)       \
+#define instantiate_rms_fused(name, itype)                                    \
+  instantiate_kernel("rms_fused" #name, rms_fused_single_row, itype, false)    \
+  instantiate_kernel(                                                         \
+      "rms_fused_residual" #name, rms_fused_single_row, itype, true)          \
   instantiate_kernel("rms_fused_looped" #name, rms_fused_looped, itype, false) \
-  instantiate_kernel(                                                      \
-      "rms_fused_residual_looped" #name, rms_fused_looped, itype, true)
+  instantiate_kernel(                                                         \
+      "rms_fused_residual_looped" #name, rms_fused_looped, itype, true)       \
+  instantiate_kernel(                                                         \
+      "vjp_rms_fused" #name, vjp_rms_fused_single_row, itype, false)          \
+  instantiate_kernel(                                                         \
+      "vjp_rms_fused_residual" #name, vjp_rms_fused_single_row, itype, true)  \
+  instantiate_kernel(                                                         \
+      "vjp_rms_fused_looped" #name, vjp_rms_fused_looped, itype, false)       \
+  instantiate_kernel(                                                         \
+      "vjp_rms_fused_residual_looped" #name, vjp_rms_fused_looped, itype, true)
 
 instantiate_rms_fused(float32, float)
 instantiate_rms_fused(float16, half)
