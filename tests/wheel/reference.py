@@ -2,16 +2,13 @@
 
 import mlx.core as mx
 import numpy as np
+import tolerances
 
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
-# MLX's own tolerances against mx.fast.rms_norm (absolute, on data in [0, 1)).
-MLX_ATOL = {mx.float32: 1e-6, mx.float16: 1e-3, mx.bfloat16: 1e-2}
-
-# Against the exact result the output is rounded twice (the normalized value,
-# then the product with the weight): about two units in the last place. In
-# float32 the float32 sum of squares adds up to two more.
-REF_RTOL = {mx.float32: 4 * 2.0**-23, mx.float16: 2 * 2.0**-10, mx.bfloat16: 2 * 2.0**-7}
+_NAMES = {mx.float32: "float32", mx.float16: "float16", mx.bfloat16: "bfloat16"}
+MLX_ATOL = {dtype: tolerances.MLX_ATOL[name] for dtype, name in _NAMES.items()}
+REF_RTOL = {dtype: tolerances.REF_RTOL[name] for dtype, name in _NAMES.items()}
 
 
 def to_f64(a: mx.array) -> np.ndarray:
@@ -24,8 +21,7 @@ def rms_norm_f64(h: mx.array, weight: mx.array | None, eps: float) -> np.ndarray
     return n if weight is None else n * to_f64(weight)
 
 
-# Below the smallest normal number precision is absolute, not relative.
-SMALLEST_NORMAL = {mx.float32: 2.0**-126, mx.float16: 2.0**-14, mx.bfloat16: 2.0**-126}
+SMALLEST_NORMAL = {dtype: tolerances.SMALLEST_NORMAL[name] for dtype, name in _NAMES.items()}
 
 
 def relative_error(y: mx.array, ref: np.ndarray, dtype: mx.Dtype) -> float:

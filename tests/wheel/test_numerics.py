@@ -39,8 +39,8 @@ def inputs(hidden: int, dtype: mx.Dtype, seed: int = 0) -> tuple[mx.array, ...]:
 def test_plain_matches_rms_norm(hidden: int, dtype: mx.Dtype, with_weight: bool) -> None:
     x, _, w = inputs(hidden, dtype)
     weight = w if with_weight else None
-    y = mx.fast.rmsnorm_fused(x, weight, EPS, stream=mx.cpu)
-    expected = mx.fast.rms_norm(x, weight, EPS, stream=mx.cpu)
+    y = mx.fast.rmsnorm_fused(x, weight, EPS)
+    expected = mx.fast.rms_norm(x, weight, EPS)
     assert y.dtype == expected.dtype == dtype
     assert y.shape == x.shape
     ref = rms_norm_f64(x, weight, EPS)
@@ -54,11 +54,11 @@ def test_plain_matches_rms_norm(hidden: int, dtype: mx.Dtype, with_weight: bool)
 def test_residual_matches_unfused(hidden: int, dtype: mx.Dtype, with_weight: bool) -> None:
     x, r, w = inputs(hidden, dtype)
     weight = w if with_weight else None
-    y, h = mx.fast.rmsnorm_fused(x, weight, EPS, residual=r, stream=mx.cpu)
-    h_expected = mx.add(x, r, stream=mx.cpu)
+    y, h = mx.fast.rmsnorm_fused(x, weight, EPS, residual=r)
+    h_expected = mx.add(x, r)
     assert h.dtype == dtype
     assert np.array_equal(bits(h), bits(h_expected))
-    expected = mx.fast.rms_norm(h_expected, weight, EPS, stream=mx.cpu)
+    expected = mx.fast.rms_norm(h_expected, weight, EPS)
     ref = rms_norm_f64(h_expected, weight, EPS)
     assert_close_to_reference(y, ref, dtype)
     assert_agrees_with_mlx(y, expected, ref)
@@ -73,7 +73,7 @@ def test_default_eps_is_1e6() -> None:
 
 def test_eps_enters_the_result() -> None:
     x = mx.full((1, 4), 1e-3)
-    y = mx.fast.rmsnorm_fused(x, None, 1e-6, stream=mx.cpu)
+    y = mx.fast.rmsnorm_fused(x, None, 1e-6)
     assert y[0, 0].item() == pytest.approx(1e-3 / np.sqrt(1e-6 + 1e-6), rel=1e-5)
 
 
@@ -83,10 +83,10 @@ def test_eps_enters_the_result() -> None:
 def test_mixed_dtypes_promote_like_rms_norm(x_dtype: mx.Dtype, w_dtype: mx.Dtype) -> None:
     x, r, _ = inputs(96, x_dtype)
     w = mx.random.uniform(shape=(96,)).astype(w_dtype)
-    y, h = mx.fast.rmsnorm_fused(x, w, EPS, residual=r, stream=mx.cpu)
+    y, h = mx.fast.rmsnorm_fused(x, w, EPS, residual=r)
     assert h.dtype == x_dtype and y.dtype == mx.float32
     assert mx.array_equal(h, x + r)
-    expected = mx.fast.rms_norm(x + r, w, EPS, stream=mx.cpu)
+    expected = mx.fast.rms_norm(x + r, w, EPS)
     assert expected.dtype == y.dtype
     assert mx.abs(y - expected).max().item() <= MLX_ATOL[mx.float32]
 
@@ -95,8 +95,8 @@ def test_results_do_not_depend_on_the_number_of_rows() -> None:
     x, r, w = inputs(4097, mx.float32)
     many = mx.concatenate([x] * 7)
     many_r = mx.concatenate([r] * 7)
-    y_one, h_one = mx.fast.rmsnorm_fused(x[:1], w, EPS, residual=r[:1], stream=mx.cpu)
-    y_many, h_many = mx.fast.rmsnorm_fused(many, w, EPS, residual=many_r, stream=mx.cpu)
+    y_one, h_one = mx.fast.rmsnorm_fused(x[:1], w, EPS, residual=r[:1])
+    y_many, h_many = mx.fast.rmsnorm_fused(many, w, EPS, residual=many_r)
     assert mx.array_equal(y_one[0], y_many[0]) and mx.array_equal(y_one[0], y_many[5 * 5])
     assert mx.array_equal(h_one[0], h_many[0])
 
@@ -111,5 +111,5 @@ def test_returns_array_or_pair() -> None:
 def test_large_values_do_not_overflow_in_half() -> None:
     # Squares of 300 overflow float16; the accumulation must happen in float32.
     x = mx.full((2, 512), 300.0, dtype=mx.float16)
-    y = mx.fast.rmsnorm_fused(x, None, EPS, stream=mx.cpu)
+    y = mx.fast.rmsnorm_fused(x, None, EPS)
     assert mx.allclose(y, mx.ones_like(y), atol=1e-3).item()

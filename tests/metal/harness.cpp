@@ -1,0 +1,265 @@
+// Runs the mlxr Metal kernels on the CPU under the shim in shim/metal_shim.h.
+//
+//   harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR
+//     FAMILY fwd|vjp, DTYPE float32|float16|bfloat16, ORDER forward|reverse|
+//     simdgroup0_last. Reads x, r, w (fwd) or h, w, dy, dh_in (vjp) as raw
+//     arrays from DIR and writes out, h (fwd) or dh, dw_rows (vjp) there.
+//   harness geometry AXIS ROWS MAX_THREADS
+//     Prints the launch that eval_gpu would use, as key=value pairs.
+//
+// The kernel source comes in through MLXR_KERNEL_SOURCE and the launch
+// geometry from the overlay's rms_norm_fused.h, the same function eval_gpu
+// calls.
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "mlx/backend/metal/rms_norm_fused.h"
+// After every standard header: the shim defines Metal's address-space words.
+#include MLXR_KERNEL_SOURCE
+
+namespace {
+
+using mlxr_harness::Group;
+using mlxr_harness::HarnessError;
+using mlxr_harness::Order;
+
+// Poison on each side of every buffer: reads beyond a buffer see huge values
+// (0x7F7F7F7F is 3.4e38 in float32, NaN in float16), writes beyond it are
+// found after the launch; the pattern is not one that arithmetic on NaN
+// reproduces. Under AddressSanitizer the buffers are exact instead, so that
+// it reports any access beyond them.
+constexpr unsigned char POISON = 0x7F;
+#ifdef MLXR_ASAN
+constexpr size_t PAD = 0;
+#else
+constexpr size_t PAD = 256;
+#endif
+
+template <typename T>
+struct Buffer {
+  std::vector<unsigned char> bytes;
+  size_t n;
+
+  explicit Buffer(size_t n_) : bytes((n_ + 2 * PAD) * sizeof(T), POISON), n(n_) {}
+
+  T* data() {
+    return reinterpret_cast<T*>(bytes.data()) + PAD;
+  }
+
+  void load(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f.read(reinterpret_cast<char*>(data()), n * sizeof(T))) {
+      throw HarnessError("cannot read " + path);
+    }
+  }
+
+  void save(const std::string& path) {
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(data()), n * sizeof(T));
+  }
+
+  void check_guards(const std::string& name) const {
+    for (size_t i = 0; i < PAD * sizeof(T); i++) {
+      if (bytes[i] != POISON || bytes[bytes.size() - 1 - i] != POISON) {
+        throw HarnessError("out-of-bounds write to " + name);
+      }
+    }
+  }
+};
+
+Order parse_order(const std::string& s) {
+  if (s == "forward") {
+    return Order::forward;
+  }
+  if (s == "reverse") {
+    return Order::reverse;
+  }
+  if (s == "simdgroup0_last") {
+    return Order::simdgroup0_last;
+  }
+  throw HarnessError("unknown order " + s);
+}
+
+void* find_kernel(const std::string& name) {
+  auto it = mlxr_harness::kernels().find(name);
+  if (it == mlxr_harness::kernels().end()) {
+    throw HarnessError("no kernel instantiated as " + name);
+  }
+  return it->second;
+}
+
+struct Launch {
+  mlx::core::fast::RMSNormFusedDispatch dispatch;
+  std::string name;
+  Order order;
+  int rows;
+  uint axis;
+};
+
+// Each threadgroup runs to completion before the next starts, which is one of
+// the schedules Metal allows.
+template <typename F>
+void for_each_thread(const Launch& l, F&& call) {
+  size_t groups = l.dispatch.grid_size / l.dispatch.threadgroup_size;
+  for (size_t gid = 0; gid < groups; gid++) {
+    Group group(static_cast<int>(l.dispatch.threadgroup_size), l.order);
+    group.run([&](int lid) { call(uint(gid), uint(lid)); });
+  }
+}
+
+template <typename T>
+void run_forward(const Launch& l, bool residual, bool has_weight, const std::string& dir) {
+  size_t n = size_t(l.rows) * l.axis;
+  Buffer<T> x(n), r(n), w(has_weight ? l.axis : 1), out(n), h(n);
+  x.load(dir + "/x.bin");
+  if (residual) {
+    r.load(dir + "/r.bin");
+  }
+  if (has_weight) {
+    w.load(dir + "/w.bin");
+  } else {
+    w.data()[0] = T(1.0f);
+  }
+  float eps = 1e-5f;
+  uint axis = l.axis;
+  uint w_stride = has_weight ? 1 : 0;
+  uint lsize = l.dispatch.threadgroup_size;
+  // As eval_gpu binds them: without a residual, r is x and h is out.
+  T* r_ptr = residual ? r.data() : x.data();
+  T* h_ptr = residual ? h.data() : out.data();
+  void* kernel = find_kernel(l.name);
+  for_each_thread(l, [&](uint gid, uint lid) {
+    if (l.dispatch.looped) {
+      using Fn = void (*)(const T*, const T*, const T*, T*, T*, float&, uint&, uint&,
+                          uint, uint, uint, uint, uint);
+      reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out.data(), h_ptr, eps,
+                                   axis, w_stride, gid, lid, lsize, lid % 32, lid / 32);
+    } else {
+      using Fn = void (*)(const T*, const T*, const T*, T*, T*, float&, uint&, uint&,
+                          uint, uint, uint, uint);
+      reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out.data(), h_ptr, eps,
+                                   axis, w_stride, gid, lid, lid % 32, lid / 32);
+    }
+  });
+  out.check_guards("out");
+  h.check_guards("h");
+  x.check_guards("x");
+  r.check_guards("r");
+  w.check_guards("w");
+  out.save(dir + "/out.bin");
+  if (residual) {
+    h.save(dir + "/h.bin");
+  }
+}
+
+template <typename T>
+void run_vjp(const Launch& l, bool residual, bool has_weight, const std::string& dir) {
+  size_t n = size_t(l.rows) * l.axis;
+  Buffer<T> h(n), w(has_weight ? l.axis : 1), dy(n), dh_in(n), dh(n);
+  Buffer<float> dw_rows(has_weight ? n : 1);
+  h.load(dir + "/h.bin");
+  dy.load(dir + "/dy.bin");
+  if (residual) {
+    dh_in.load(dir + "/dh_in.bin");
+  }
+  if (has_weight) {
+    w.load(dir + "/w.bin");
+  } else {
+    w.data()[0] = T(1.0f);
+  }
+  has_w = has_weight;
+  float eps = 1e-5f;
+  uint axis = l.axis;
+  uint w_stride = has_weight ? 1 : 0;
+  uint lsize = l.dispatch.threadgroup_size;
+  const T* dh_in_ptr = residual ? dh_in.data() : dy.data();
+  void* kernel = find_kernel(l.name);
+  for_each_thread(l, [&](uint gid, uint lid) {
+    if (l.dispatch.looped) {
+      using Fn = void (*)(const T*, const T*, const T*, const T*, T*, float*, float&,
+                          uint&, uint&, uint, uint, uint, uint, uint);
+      reinterpret_cast<Fn>(kernel)(h.data(), w.data(), dy.data(), dh_in_ptr, dh.data(),
+                                   dw_rows.data(), eps, axis, w_stride, gid, lid, lsize,
+                                   lid % 32, lid / 32);
+    } else {
+      using Fn = void (*)(const T*, const T*, const T*, const T*, T*, float*, float&,
+                          uint&, uint&, uint, uint, uint, uint);
+      reinterpret_cast<Fn>(kernel)(h.data(), w.data(), dy.data(), dh_in_ptr, dh.data(),
+                                   dw_rows.data(), eps, axis, w_stride, gid, lid,
+                                   lid % 32, lid / 32);
+    }
+  });
+  dh.check_guards("dh");
+  dw_rows.check_guards("dw_rows");
+  dh.save(dir + "/dh.bin");
+  if (has_weight) {
+    dw_rows.save(dir + "/dw_rows.bin");
+  }
+}
+
+template <typename T>
+void run(const std::string& family, const Launch& l, bool residual, bool has_w,
+         const std::string& dir) {
+  if (family == "fwd") {
+    run_forward<T>(l, residual, has_w, dir);
+  } else {
+    run_vjp<T>(l, residual, has_w, dir);
+  }
+}
+
+int main_run(char** argv) {
+  std::string family = argv[2], dtype = argv[3];
+  int rows = std::stoi(argv[4]);
+  uint axis = std::stoul(argv[5]);
+  bool residual = std::stoi(argv[6]), has_weight = std::stoi(argv[7]);
+  Launch l;
+  l.order = parse_order(argv[8]);
+  l.rows = rows;
+  l.axis = axis;
+  l.dispatch = mlx::core::fast::rms_norm_fused_dispatch(
+      axis, rows, mlxr_harness::MAX_THREADS_PER_GROUP);
+  l.name = (family == "vjp" ? "vjp_" : "") + l.dispatch.kernel_name(residual, dtype);
+  std::string dir = argv[9];
+  if (dtype == "float32") {
+    run<float>(family, l, residual, has_weight, dir);
+  } else if (dtype == "float16") {
+    run<half>(family, l, residual, has_weight, dir);
+  } else if (dtype == "bfloat16") {
+    run<bfloat16_t>(family, l, residual, has_weight, dir);
+  } else {
+    throw HarnessError("unknown dtype " + dtype);
+  }
+  std::cout << "ran " << l.name << " threadgroup=" << l.dispatch.threadgroup_size
+            << " groups=" << l.dispatch.grid_size / l.dispatch.threadgroup_size << "\n";
+  return 0;
+}
+
+int main_geometry(char** argv) {
+  auto d = mlx::core::fast::rms_norm_fused_dispatch(
+      std::stoul(argv[2]), std::stoul(argv[3]), std::stoul(argv[4]));
+  std::cout << "looped=" << d.looped << " threadgroup_size=" << d.threadgroup_size
+            << " grid_size=" << d.grid_size << " kernel=" << d.kernel_name(true, "float32")
+            << "\n";
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc == 10 && std::string(argv[1]) == "run") {
+      return main_run(argv);
+    }
+    if (argc == 5 && std::string(argv[1]) == "geometry") {
+      return main_geometry(argv);
+    }
+    std::cerr << "usage: harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR\n"
+                 "       harness geometry AXIS ROWS MAX_THREADS\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "harness: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,18 @@
+"""The device the wheel tests run on: the CPU, or the GPU with MLXR_TEST_DEVICE=gpu
+(Metal on Apple silicon, CUDA on Linux). Tests about the CPU kernel itself name
+mx.cpu explicitly."""
+
+import os
+
+import mlx.core as mx
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001
+    device = os.environ.get("MLXR_TEST_DEVICE", "cpu")
+    if device == "gpu":
+        if not mx.is_available(mx.gpu):
+            raise pytest.UsageError("MLXR_TEST_DEVICE=gpu, but this mlx has no GPU")
+        mx.set_default_device(mx.gpu)
+    elif device != "cpu":
+        raise pytest.UsageError(f"MLXR_TEST_DEVICE must be cpu or gpu, not {device}")
