@@ -28,7 +28,7 @@ def without_vendor_fields(patch: Patch) -> Patch:
     """The patch as upstream should see it: its message without our DEP-3 fields."""
     mail = patch.mail
     stripped = PatchMail(mail.headers, strip_fields(mail.body), mail.diff)
-    return Patch(patch.name, stripped.render())
+    return Patch(patch.name, stripped.render(), claimed=tuple(patch.overlay))
 
 
 def _am(tree: Path, text: str, three_way: bool) -> bool:

@@ -12,6 +12,9 @@ from .patchfile import PatchMail, overlay_paths
 class Patch:
     name: str
     text: str
+    # The overlay files the patch adds, when its text no longer says so (a
+    # copy with the vendor fields stripped for upstream).
+    claimed: tuple[str, ...] | None = None
 
     @property
     def mail(self) -> PatchMail:
@@ -19,6 +22,8 @@ class Patch:
 
     @property
     def overlay(self) -> list[str]:
+        if self.claimed is not None:
+            return list(self.claimed)
         return overlay_paths(self.mail.fields)
 
 

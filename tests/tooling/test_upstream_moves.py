@@ -102,3 +102,13 @@ def test_bump_stops_on_a_conflict_and_continues(exported: Layout, upstream: Path
     assert (tree / "src" / "fused.txt").exists()
     assert check(exported, sites=()) == []
     assert "+line 10.5" in (exported.patches / "core-add-the-fused-line.patch").read_text()
+
+
+def test_upstream_bound_copies_keep_their_overlay_files(exported: Layout) -> None:
+    from mlxrtools.onto import upstream_bound, without_vendor_fields
+    from mlxrtools.series import load_patches
+
+    patches = [without_vendor_fields(p) for p in upstream_bound(load_patches(exported.patches))]
+    first = patches[0]
+    assert "Upstream-Plan" not in first.text and "Overlay:" not in first.text
+    assert first.overlay == ["src/fused.txt"]
