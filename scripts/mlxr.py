@@ -81,7 +81,14 @@ def cmd_bump(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from mlxrtools.build import build
 
-    build(default_layout(), backend=args.backend, jobs=args.jobs, force=args.force)
+    build(
+        default_layout(),
+        backend=args.backend,
+        jobs=args.jobs,
+        force=args.force,
+        source=args.source,
+        cuda_archs=args.cuda_archs,
+    )
     return 0
 
 
@@ -197,6 +204,17 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--jobs", type=int, default=None, help="parallel compile jobs")
     b.add_argument("--force", action="store_true", help="rebuild even if the wheel is current")
+    b.add_argument(
+        "--cuda-archs",
+        default="native",
+        help="CUDA architectures for --backend cuda, e.g. 90a-real (default: the GPU here)",
+    )
+    b.add_argument(
+        "--source",
+        type=Path,
+        help="build this prepared MLX tree as it is (a `git archive` of build/mlx-src "
+        "carried to a machine without the submodule) instead of applying the series",
+    )
     b.set_defaults(func=cmd_build)
 
     t = sub.add_parser(

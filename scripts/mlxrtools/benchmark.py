@@ -24,8 +24,12 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 FUSED, UPSTREAM = "rmsnorm_fused", "mx.fast.rms_norm"
 FUSED_RES, UPSTREAM_RES = "rmsnorm_fused(residual)", "x + r, mx.fast.rms_norm"
 COPY = "numpy copy of the same bytes"
+DEVICE_COPY = "device-to-device copy of the same bytes"
 BASELINE = {FUSED: UPSTREAM, UPSTREAM: UPSTREAM, COPY: UPSTREAM, FUSED_RES: UPSTREAM_RES}
 BASELINE[UPSTREAM_RES] = UPSTREAM_RES
+BASELINE[DEVICE_COPY] = UPSTREAM
+BASELINE["torch F.rms_norm"] = UPSTREAM
+BASELINE["torch.compile(x + r, rms_norm)"] = UPSTREAM_RES
 
 
 @dataclass
@@ -41,15 +45,60 @@ class Row:
         return self.bytes_moved / self.seconds / 1e9
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def median_seconds(
+    fn: Callable[[], object],
+    repeats: int,
+    sync: Callable[[], object] | None = None,
+    batch: int = 1,
+) -> float:
+    """Median time of one call. On a GPU, calls run in batches between
+    synchronizations, so that launch latency overlaps as it does in a model."""
     for _ in range(3):
         fn()
+    if sync:
+        sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for _ in range(batch):
+            fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - start) / batch)
     return statistics.median(times)
+
+
+def torch_cases(
+    x: mx.array, r: mx.array, w: mx.array
+) -> list[tuple[str, Callable[[], object], int, Callable[[], object]]]:
+    """PyTorch on the same CUDA device and data: F.rms_norm, torch.compile of
+    add + rms_norm, and a device-to-device copy as the bandwidth ceiling."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    dtype = {mx.float32: torch.float32, mx.bfloat16: torch.bfloat16, mx.float16: torch.float16}
+    tx = torch.from_numpy(np.array(x.astype(mx.float32))).to("cuda", dtype[x.dtype])
+    tr = torch.from_numpy(np.array(r.astype(mx.float32))).to("cuda", dtype[x.dtype])
+    tw = torch.from_numpy(np.array(w.astype(mx.float32))).to("cuda", dtype[x.dtype])
+    shape = (x.shape[-1],)
+
+    def add_rms_norm(a, b, weight):  # type: ignore[no-untyped-def]
+        h = a + b
+        return F.rms_norm(h, shape, weight, EPS), h
+
+    compiled = torch.compile(add_rms_norm)
+    dst = torch.empty_like(tx)
+    n = x.nbytes
+    sync = torch.cuda.synchronize
+    return [
+        ("torch F.rms_norm", lambda: F.rms_norm(tx, shape, tw, EPS), 2 * n, sync),
+        ("torch.compile(x + r, rms_norm)", lambda: compiled(tx, tr, tw), 4 * n, sync),
+        (DEVICE_COPY, lambda: dst.copy_(tx), 2 * n, sync),
+    ]
 
 
 def bench_shape(
@@ -83,16 +132,19 @@ def bench_shape(
     def numpy_copy() -> None:
         np.copyto(dst, src)
 
+    on_gpu = device == mx.gpu
+    sync = mx.synchronize if on_gpu else None
+    batch = 20 if on_gpu else 1
     cases = [
-        (FUSED, fused, 2 * n),
-        (UPSTREAM, upstream, 2 * n),
-        (FUSED_RES, fused_residual, 4 * n),
-        (UPSTREAM_RES, upstream_residual, 4 * n),
-        (COPY, numpy_copy, 2 * n),
+        (FUSED, fused, 2 * n, sync),
+        (UPSTREAM, upstream, 2 * n, sync),
+        (FUSED_RES, fused_residual, 4 * n, sync),
+        (UPSTREAM_RES, upstream_residual, 4 * n, sync),
     ]
+    cases += torch_cases(x, r, w) if on_gpu else [(COPY, numpy_copy, 2 * n, None)]
     return [
-        Row((rows, hidden), dtype_name, name, median_seconds(fn, repeats), moved)
-        for name, fn, moved in cases
+        Row((rows, hidden), dtype_name, name, median_seconds(fn, repeats, sync, batch), moved)
+        for name, fn, moved, sync in cases
     ]
 
 
@@ -100,18 +152,20 @@ def markdown(rows: list[Row], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
         "",
-        "| shape | dtype | case | time (µs) | GB/s | speed-up vs baseline |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "| shape | dtype | case | time (µs) | GB/s | share of copy | speed-up vs baseline |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     by_key: dict[tuple[tuple[int, int], str], dict[str, Row]] = {}
     for row in rows:
         by_key.setdefault((row.shape, row.dtype), {})[row.case] = row
     for (shape, dtype), cases in by_key.items():
+        copy = cases.get(DEVICE_COPY) or cases.get(COPY)
         for row in cases.values():
             base = cases[BASELINE[row.case]]
+            share = f"{row.gbps / copy.gbps:.0%}" if copy else "–"
             lines.append(
                 f"| {shape[0]}×{shape[1]} | {dtype} | {row.case} | {row.seconds * 1e6:,.1f} "
-                f"| {row.gbps:,.1f} | {base.seconds / row.seconds:.2f}× vs {base.case} |"
+                f"| {row.gbps:,.1f} | {share} | {base.seconds / row.seconds:.2f}× vs {base.case} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -150,6 +204,10 @@ def chart(rows: list[Row], machine: str, path: Path) -> None:
 
 
 def machine_name(device: str, cache_limit_mb: int | None) -> str:
+    if device == "gpu":
+        info = mx.device_info() if hasattr(mx, "device_info") else {}
+        name = info.get("device_name") or info.get("architecture") or "GPU"
+        return f"{name}; gpu stream; mlx {mx.__version__}"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

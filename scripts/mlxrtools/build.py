@@ -14,12 +14,13 @@ import time
 import tomllib
 from pathlib import Path
 
+from .cuda_deps import HEADER_PACKAGES, cuda_cmake_args
 from .deps import ensure_requirements, find_header
 from .gitcmd import git
 from .layout import Layout
 from .tree import apply, unexported_work
 
-BUILD_REQUIREMENTS = ("setuptools>=80", "wheel", "typing_extensions", "cmake>=3.25,<4", "ninja")
+BUILD_REQUIREMENTS = ("setuptools>=80", "wheel", "typing_extensions")
 _PROGRESS = re.compile(r"^\s*\[\d+/\d+\]")
 _ERROR = re.compile(r"error:|FAILED:|CMake Error")
 
@@ -46,20 +47,59 @@ def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_build_venv(layout: Layout, tree: Path) -> Path:
-    wanted = [*BUILD_REQUIREMENTS, f"nanobind=={nanobind_version(tree)}"]
+def build_tools() -> list[str]:
+    """CMake and Ninja from PyPI, where the machine has none of its own."""
+    tools = []
+    cmake = shutil.which("cmake")
+    if cmake is None or _cmake_version(cmake) < (3, 25):
+        tools.append("cmake>=3.25,<4")
+    if shutil.which("ninja") is None:
+        tools.append("ninja")
+    return tools
+
+
+def _cmake_version(cmake: str) -> tuple[int, ...]:
+    out = subprocess.run([cmake, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"(\d+)\.(\d+)", out)
+    return tuple(int(v) for v in match.groups()) if match else (0,)
+
+
+def ensure_build_venv(layout: Layout, tree: Path, backend: str = "cpu") -> Path:
+    wanted = [*BUILD_REQUIREMENTS, *build_tools(), f"nanobind=={nanobind_version(tree)}"]
+    if backend == "cuda":
+        wanted += HEADER_PACKAGES
     venv = layout.build_venv
     stamp = venv / "mlxr-requirements.json"
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return venv_python(venv)
     print(f"mlxr build: preparing the build venv ({', '.join(wanted)})", flush=True)
     if not venv_python(venv).exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        make_venv(venv)
     subprocess.run(
         [str(venv_python(venv)), "-m", "pip", "install", "-q", "--upgrade", *wanted], check=True
     )
     stamp.write_text(json.dumps(wanted))
     return venv_python(venv)
+
+
+def make_venv(venv: Path) -> None:
+    """A venv with pip, also where the interpreter lacks ensurepip (Debian's
+    python3 without python3-venv, uv's venvs): then pip comes from a pip wheel
+    in PIP_FIND_LINKS, as on a machine that reaches no index."""
+    if subprocess.run([sys.executable, "-m", "venv", str(venv)]).returncode == 0:
+        return
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    links = os.environ.get("PIP_FIND_LINKS", "")
+    wheels = sorted(Path(links).glob("pip-*.whl")) if links else []
+    if not wheels:
+        raise RuntimeError(
+            f"{sys.executable} cannot make a venv with pip: install python3-venv, or put a "
+            "pip wheel in the folder PIP_FIND_LINKS names"
+        )
+    subprocess.run(
+        [str(venv_python(venv)), f"{wheels[-1]}/pip", "install", "-q", str(wheels[-1])], check=True
+    )
 
 
 def local_json_source(layout: Layout) -> Path | None:
@@ -77,7 +117,7 @@ def local_json_source(layout: Layout) -> Path | None:
     return src
 
 
-def cmake_args(layout: Layout, python: Path, backend: str) -> list[str]:
+def cmake_args(layout: Layout, python: Path, backend: str, cuda_archs: str = "native") -> list[str]:
     nanobind_dir = subprocess.run(
         [str(python), "-m", "nanobind", "--cmake_dir"], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -102,6 +142,8 @@ def cmake_args(layout: Layout, python: Path, backend: str) -> list[str]:
         ]
     if backend == "cpu" and platform.system() == "Darwin":
         args.append("-DMLX_BUILD_METAL=OFF")
+    if backend == "cuda":
+        args += cuda_cmake_args(layout, python, cuda_archs)
     return args
 
 
@@ -110,12 +152,15 @@ def resolve_backend(backend: str) -> str:
         return "metal" if platform.system() == "Darwin" else "cpu"
     if backend == "metal" and platform.system() != "Darwin":
         raise RuntimeError("the Metal backend builds on macOS only")
-    if backend == "cuda":
-        raise RuntimeError("the CUDA backend build is not available yet (see the CUDA issue)")
+    if backend == "cuda" and platform.system() != "Linux":
+        raise RuntimeError("the CUDA backend builds on Linux only")
     return backend
 
 
-def tree_state(tree: Path) -> str:
+def tree_state(tree: Path) -> str | None:
+    """HEAD plus uncommitted edits; None for a tree that is not a git work tree."""
+    if not (tree / ".git").exists():
+        return None
     head = git("rev-parse", "HEAD", cwd=tree).strip()
     dirty = git("diff", "HEAD", cwd=tree)
     return head + hashlib.sha256(dirty.encode()).hexdigest()
@@ -153,15 +198,18 @@ def build_wheel(
     backend: str = "auto",
     jobs: int | None = None,
     force: bool = False,
+    cuda_archs: str = "native",
 ) -> Path:
     """Build the tree's wheel into out_dir unless a wheel of the same inputs is there."""
     backend = resolve_backend(backend)
     ensure_requirements()
-    python = ensure_build_venv(layout, tree)
-    args = cmake_args(layout, python, backend)
+    python = ensure_build_venv(layout, tree, backend)
+    args = cmake_args(layout, python, backend, cuda_archs)
+    state = tree_state(tree)
+    force = force or state is None
     key_src = json.dumps(
         {
-            "tree": tree_state(tree),
+            "tree": state,
             "cmake": [a.replace(str(layout.root), "<root>") for a in args],
             "label": label,
             "python": sys.version_info[:2],
@@ -177,14 +225,20 @@ def build_wheel(
         return wheels[0]
 
     print("mlxr build: GGUF support is off: its gguflib source cannot be fetched offline")
-    print(f"mlxr build: {backend} wheel from {tree.relative_to(layout.root)}", flush=True)
+    print(f"mlxr build: {backend} wheel from {tree}", flush=True)
     env = {
         **os.environ,
         "PYPI_RELEASE": "1",
         "CMAKE_ARGS": " ".join(args),
         "CMAKE_GENERATOR": "Ninja",
         "CMAKE_BUILD_PARALLEL_LEVEL": str(jobs or os.cpu_count() or 2),
+        # CMake and Ninja from the venv, where the machine has none.
+        "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    if backend == "cuda":
+        # The system compiler: a CC/CXX wrapper may not work as nvcc's host.
+        env.pop("CC", None)
+        env.pop("CXX", None)
     env.pop("MLX_LOCAL_VERSION_LABEL", None)
     if label:
         env["MLX_LOCAL_VERSION_LABEL"] = label
@@ -216,13 +270,25 @@ def build_wheel(
     target = out_dir / built[0].name
     shutil.move(built[0], target)
     stamp.write_text(json.dumps({"key": key, "wheel": target.name}) + "\n")
-    print(f"mlxr build: {target.relative_to(layout.root)}")
+    print(f"mlxr build: {target}")
     return target
 
 
 def build(
-    layout: Layout, backend: str = "auto", jobs: int | None = None, force: bool = False
+    layout: Layout,
+    backend: str = "auto",
+    jobs: int | None = None,
+    force: bool = False,
+    source: Path | None = None,
+    cuda_archs: str = "native",
 ) -> Path:
+    if source is not None:
+        # A prepared tree, e.g. `git archive` of build/mlx-src carried to a
+        # machine without the submodule: built as it is, every time.
+        return build_wheel(
+            layout, source.resolve(), layout.wheels, local_label(layout), backend, jobs,
+            force=True, cuda_archs=cuda_archs,
+        )  # fmt: skip
     pending = unexported_work(layout)
     if pending:
         # The contributor loop: build and test edits before exporting them.
@@ -234,4 +300,6 @@ def build(
         )
     else:
         tree = apply(layout, quiet=True)
-    return build_wheel(layout, tree, layout.wheels, local_label(layout), backend, jobs, force)
+    return build_wheel(
+        layout, tree, layout.wheels, local_label(layout), backend, jobs, force, cuda_archs
+    )

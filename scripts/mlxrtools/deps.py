@@ -87,12 +87,15 @@ def ensure_requirements() -> None:
         and hasattr(os, "geteuid")
         and os.geteuid() == 0
     )
-    if can_apt:
+    required = [r for r in missing if not r.optional]
+    if can_apt and required:
         names = sorted({r.debian_package for r in missing})
         print(f"mlxr build: installing {' '.join(names)} with apt-get", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *names], check=True, env=env)
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *names]):
+            if subprocess.run(cmd, env=env).returncode != 0:
+                print(f"mlxr build: `{' '.join(cmd)}` failed", flush=True)
+                break
         missing = [r for r in requirements() if not r.found]
     for r in [r for r in missing if r.optional]:
         print(f"mlxr build: {r.what} not found; building without it (slower rebuilds)")

@@ -7,11 +7,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .build import build, build_wheel, cmake_args, ensure_build_venv, venv_python
+from .build import build, build_wheel, cmake_args, ensure_build_venv, make_venv, venv_python
 from .install import install_wheel
 from .layout import Layout, cache_home
 from .upstream_suite import (
@@ -28,7 +27,7 @@ TEST_REQUIREMENTS = (*SUITE_REQUIREMENTS, "hypothesis", "ruff", "actionlint-py-k
 
 def fresh_venv(path: Path, requirements: tuple[str, ...] = TEST_REQUIREMENTS) -> Path:
     shutil.rmtree(path, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    make_venv(path)
     python = venv_python(path)
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
