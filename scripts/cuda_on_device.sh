@@ -29,13 +29,19 @@ fi
 if [[ $stage == test || $stage == all ]]; then
   pip_whl=$(ls .whl/pip-*.whl | tail -1)
   rm -rf "$site"
-  python3 "$pip_whl/pip" install -q --target "$site" wheels/mlx-*.whl pytest hypothesis
+  # --no-deps: the machine's own numpy, pygments and the like serve.
+  python3 "$pip_whl/pip" install -q --no-deps --target "$site" wheels/mlx-*.whl \
+    pytest pluggy iniconfig packaging hypothesis attrs sortedcontainers
   PYTHONPATH="$site" MLXR_TEST_DEVICE=gpu MLXR_WHEEL="$(ls wheels/mlx-*.whl)" \
-    python3 -m pytest -q -p no:cacheprovider -m "not vendor" tests/wheel 2>&1 | tee "$out/tests.log" | tail -25
+    timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider -m "not vendor" tests/wheel $PYTEST_ARGS \
+    2>&1 | tee "$out/tests.log" | tail -25
 fi
 
 if [[ $stage == bench || $stage == all ]]; then
-  PYTHONPATH="$site:$PWD/scripts" python3 -m mlxrtools.benchmark --device gpu --repeats 20 \
-    --shapes 16384x8192,32768x4096,32x4096,1x4096 --dtypes bfloat16,float32 --out-dir "$out" \
-    2>&1 | tee "$out/bench.log" | tail -45
+  shapes=16384x8192,32768x4096,32x4096,1x4096
+  MLXR_BENCH_TORCH=0 PYTHONPATH="$site:$PWD/scripts" timeout 150 python3 -m mlxrtools.benchmark --device gpu \
+    --repeats 15 --shapes $shapes --dtypes bfloat16,float32 --out-dir "$out" 2>&1 | tee "$out/bench.log"
+  # PyTorch in a process of its own: with MLX's CUDA libraries in one process it crashed.
+  PYTHONPATH="$PWD/scripts" timeout 150 python3 -m mlxrtools.torch_baselines --repeats 15 --shapes $shapes \
+    --dtypes bfloat16,float32 2>&1 | tee "$out/torch.log"
 fi

@@ -73,6 +73,8 @@ def torch_cases(
 ) -> list[tuple[str, Callable[[], object], int, Callable[[], object]]]:
     """PyTorch on the same CUDA device and data: F.rms_norm, torch.compile of
     add + rms_norm, and a device-to-device copy as the bandwidth ceiling."""
+    if os.environ.get("MLXR_BENCH_TORCH") == "0":
+        return []
     try:
         import torch
         import torch.nn.functional as F

@@ -66,19 +66,20 @@ def _cmake_version(cmake: str) -> tuple[int, ...]:
 
 def ensure_build_venv(layout: Layout, tree: Path, backend: str = "cpu") -> Path:
     wanted = [*BUILD_REQUIREMENTS, *build_tools(), f"nanobind=={nanobind_version(tree)}"]
-    if backend == "cuda":
-        wanted += HEADER_PACKAGES
+    # Only the headers of these are needed, not their Python runtimes.
+    headers_only = list(HEADER_PACKAGES) if backend == "cuda" else []
     venv = layout.build_venv
     stamp = venv / "mlxr-requirements.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted + headers_only:
         return venv_python(venv)
-    print(f"mlxr build: preparing the build venv ({', '.join(wanted)})", flush=True)
+    print(f"mlxr build: preparing the build venv ({', '.join(wanted + headers_only)})", flush=True)
     if not venv_python(venv).exists():
         make_venv(venv)
-    subprocess.run(
-        [str(venv_python(venv)), "-m", "pip", "install", "-q", "--upgrade", *wanted], check=True
-    )
-    stamp.write_text(json.dumps(wanted))
+    pip = [str(venv_python(venv)), "-m", "pip", "install", "-q", "--upgrade"]
+    subprocess.run([*pip, *wanted], check=True)
+    if headers_only:
+        subprocess.run([*pip, "--no-deps", *headers_only], check=True)
+    stamp.write_text(json.dumps(wanted + headers_only))
     return venv_python(venv)
 
 

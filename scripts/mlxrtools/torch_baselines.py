@@ -1,0 +1,75 @@
+"""PyTorch baselines for the GPU benchmark, in a process of their own.
+
+PyTorch and MLX's CUDA backend each bring their own CUDA libraries, and one
+process with both crashed on the H200 machine, so the baselines (F.rms_norm,
+torch.compile of add + rms_norm, and a device-to-device copy) run here, on the
+same card, in the same call as the MLX cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def median_us(fn, repeats: int, batch: int = 20) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(batch):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / batch)
+    return sorted(times)[len(times) // 2]
+
+
+def bench(rows: int, hidden: int, name: str, repeats: int) -> None:
+    dtype = DTYPES[name]
+    x = torch.randn(rows, hidden, device="cuda", dtype=dtype)
+    r = torch.randn(rows, hidden, device="cuda", dtype=dtype)
+    w = torch.randn(hidden, device="cuda", dtype=dtype)
+    dst = torch.empty_like(x)
+    n = x.numel() * x.element_size()
+
+    def add_rms_norm(a, b, weight):  # type: ignore[no-untyped-def]
+        h = a + b
+        return F.rms_norm(h, (hidden,), weight, EPS), h
+
+    compiled = torch.compile(add_rms_norm)
+    cases = [
+        ("torch F.rms_norm", lambda: F.rms_norm(x, (hidden,), w, EPS), 2 * n),
+        ("torch.compile(x + r, rms_norm)", lambda: compiled(x, r, w), 4 * n),
+        ("device-to-device copy", lambda: dst.copy_(x), 2 * n),
+    ]
+    for case, fn, moved in cases:
+        us = median_us(fn, repeats)
+        print(f"| {rows}×{hidden} | {name} | {case} | {us:,.1f} | {moved / us / 1e3:,.1f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--shapes", default="16384x8192")
+    p.add_argument("--dtypes", default="bfloat16")
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args()
+    print(f"Card: {torch.cuda.get_device_name()}; torch {torch.__version__}\n")
+    print("| shape | dtype | case | time (µs) | GB/s |")
+    print("| --- | --- | --- | ---: | ---: |")
+    for spec in args.shapes.split(","):
+        rows, hidden = (int(v) for v in spec.split("x"))
+        for name in args.dtypes.split(","):
+            bench(rows, hidden, name, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
