@@ -24,22 +24,14 @@ def bench_python(layout: Layout) -> Path:
 
 def run_bench(layout: Layout, device: str, repeats: int, extra: list[str] | None = None) -> int:
     python = bench_python(layout)
-    layout.results.mkdir(parents=True, exist_ok=True)
-    out = layout.results / f"bench-{device}.md"
+    if "--sweep" in (extra or []) and "matplotlib" not in installed(python):
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "matplotlib"], check=True)
     env = {**os.environ, "PYTHONPATH": str(layout.root / "scripts")}
     cmd = [
-        str(python),
-        "-m",
-        "mlxrtools.benchmark",
-        "--device",
-        device,
-        "--repeats",
-        str(repeats),
-        "--out",
-        str(out),
-        *(extra or []),
-    ]
+        str(python), "-m", "mlxrtools.benchmark", "--device", device, "--repeats", str(repeats),
+        "--out-dir", str(layout.results), *(extra or []),
+    ]  # fmt: skip
     code = subprocess.run(cmd, env=env).returncode
     if code == 0:
-        print(f"mlxr bench: table written to {out.relative_to(layout.root)}")
+        print(f"mlxr bench: results in {layout.results.relative_to(layout.root)}/bench-{device}.*")
     return code
