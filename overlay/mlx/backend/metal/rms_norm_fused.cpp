@@ -9,6 +9,23 @@
 
 namespace mlx::core::fast {
 
+namespace {
+
+// The kernels index rows as row * axis_size, so inputs must be row contiguous.
+array row_contiguous_copy(
+    const array& a,
+    const Stream& s,
+    metal::CommandEncoder& encoder) {
+  if (a.flags().row_contiguous) {
+    return a;
+  }
+  array copy = contiguous_copy_gpu(a, s);
+  encoder.add_temporary(copy);
+  return copy;
+}
+
+} // namespace
+
 bool RMSNormFused::use_fallback(Stream s) {
   return false;
 }
@@ -20,18 +37,9 @@ void RMSNormFused::eval_gpu(
   auto& d = metal::device(s.device);
   auto& compute_encoder = metal::get_command_encoder(s);
 
-  // The kernels index rows as row * axis_size, so inputs must be row
-  // contiguous.
-  auto row_contiguous = [&](const array& a) {
-    if (a.flags().row_contiguous) {
-      return a;
-    }
-    array copy = contiguous_copy_gpu(a, s);
-    compute_encoder.add_temporary(copy);
-    return copy;
-  };
-  const array x = row_contiguous(inputs[0]);
-  const array r = has_residual_ ? row_contiguous(inputs[1]) : x;
+  const array x = row_contiguous_copy(inputs[0], s, compute_encoder);
+  const array r =
+      has_residual_ ? row_contiguous_copy(inputs[1], s, compute_encoder) : x;
   const array& w = inputs.back();
   array& out = outputs[0];
   if (!has_residual_ && x.is_donatable()) {
@@ -81,18 +89,11 @@ void RMSNormFusedVJP::eval_gpu(
   auto& d = metal::device(s.device);
   auto& compute_encoder = metal::get_command_encoder(s);
 
-  auto row_contiguous = [&](const array& a) {
-    if (a.flags().row_contiguous) {
-      return a;
-    }
-    array copy = contiguous_copy_gpu(a, s);
-    compute_encoder.add_temporary(copy);
-    return copy;
-  };
-  const array h = row_contiguous(inputs[0]);
+  const array h = row_contiguous_copy(inputs[0], s, compute_encoder);
   const array& w = inputs[1];
-  const array dy = row_contiguous(inputs[2]);
-  const array dh_in = has_residual_ ? row_contiguous(inputs[3]) : dy;
+  const array dy = row_contiguous_copy(inputs[2], s, compute_encoder);
+  const array dh_in =
+      has_residual_ ? row_contiguous_copy(inputs[3], s, compute_encoder) : dy;
   array& dh = outputs[0];
   array& dw = outputs[1];
   bool has_w = w.ndim() != 0;
