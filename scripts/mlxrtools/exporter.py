@@ -144,26 +144,26 @@ def current_state(patches_dir: Path, overlay_dir: Path) -> ExportResult:
     return state
 
 
+def _file_changes(prefix: str, want: dict, have: dict) -> list[str]:
+    out = []
+    for name in sorted(set(want) | set(have)):
+        if name not in have:
+            out.append(f"{prefix}/{name} would be added")
+        elif name not in want:
+            out.append(f"{prefix}/{name} would be removed")
+        elif want[name] != have[name]:
+            out.append(f"{prefix}/{name} would change")
+    return out
+
+
 def differences(want: ExportResult, have: ExportResult) -> list[str]:
     """What writing `want` would change in `have`, one line each."""
-    out = []
-    if want.series != have.series:
-        out.append("patches/series would change")
-    for name in sorted(set(want.patches) | set(have.patches)):
-        if name not in have.patches:
-            out.append(f"patches/{name} would be added")
-        elif name not in want.patches:
-            out.append(f"patches/{name} would be removed")
-        elif want.patches[name] != have.patches[name]:
-            out.append(f"patches/{name} would change")
-    for path in sorted(set(want.overlay) | set(have.overlay)):
-        if path not in have.overlay:
-            out.append(f"overlay/{path} would be added")
-        elif path not in want.overlay:
-            out.append(f"overlay/{path} would be removed")
-        elif want.overlay[path] != have.overlay[path]:
-            out.append(f"overlay/{path} would change")
-        elif want.overlay_modes[path] != have.overlay_modes[path]:
+    out = ["patches/series would change"] if want.series != have.series else []
+    out += _file_changes("patches", want.patches, have.patches)
+    out += _file_changes("overlay", want.overlay, have.overlay)
+    for path in sorted(set(want.overlay) & set(have.overlay)):
+        same_bytes = want.overlay[path] == have.overlay[path]
+        if same_bytes and want.overlay_modes[path] != have.overlay_modes[path]:
             out.append(f"overlay/{path} would change mode")
     return out
 
