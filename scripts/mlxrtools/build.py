@@ -10,8 +10,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 
 from .cuda_deps import HEADER_PACKAGES, cuda_cmake_args
@@ -83,14 +85,15 @@ def ensure_build_venv(layout: Layout, tree: Path, backend: str = "cpu") -> Path:
     return venv_python(venv)
 
 
-def make_venv(venv: Path) -> None:
+def make_venv(venv: Path, system_site_packages: bool = False) -> None:
     """A venv with pip, also where the interpreter lacks ensurepip (Debian's
     python3 without python3-venv, uv's venvs): then pip comes from a pip wheel
     in PIP_FIND_LINKS, as on a machine that reaches no index."""
-    if subprocess.run([sys.executable, "-m", "venv", str(venv)]).returncode == 0:
+    options = ["--system-site-packages"] if system_site_packages else []
+    if subprocess.run([sys.executable, "-m", "venv", *options, str(venv)]).returncode == 0:
         return
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", *options, str(venv)], check=True)
     links = os.environ.get("PIP_FIND_LINKS", "")
     wheels = sorted(Path(links).glob("pip-*.whl")) if links else []
     if not wheels:
@@ -101,6 +104,42 @@ def make_venv(venv: Path) -> None:
     subprocess.run(
         [str(venv_python(venv)), f"{wheels[-1]}/pip", "install", "-q", str(wheels[-1])], check=True
     )
+
+
+STATIC_LIBSTDCXX = ("-static-libstdc++",)
+FLAG_VARIABLES = ("CFLAGS", "CXXFLAGS", "LDFLAGS", "CUDAFLAGS", "NVCC_APPEND_FLAGS")
+
+
+def drop_static_libstdcxx(env: dict[str, str]) -> None:
+    """libmlx must use the process's shared libstdc++: a static copy whose
+    symbols it exports mixes with the shared one that Python's other modules
+    load, and locale facets then resolve across the two copies (formatting a
+    number in an error message crashed so on the CUDA machine, whose
+    CUDAHOSTCXX compiler links libstdc++ statically)."""
+    for name in FLAG_VARIABLES:
+        flags = env.get(name, "").split()
+        kept = [f for f in flags if f not in STATIC_LIBSTDCXX]
+        if kept != flags:
+            print(f"mlxr build: dropping {' '.join(set(flags) - set(kept))} from {name}")
+            env[name] = " ".join(kept)
+
+
+def check_shared_libstdcxx(wheel: Path) -> None:
+    """Fail where libmlx carries its own libstdc++ (see drop_static_libstdcxx)."""
+    readelf = shutil.which("readelf")
+    if readelf is None or sys.platform != "linux":
+        return
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as whl:
+        lib = Path(whl.extract("mlx/lib/libmlx.so", tmp))
+        dynamic = subprocess.run(
+            [readelf, "-d", str(lib)], capture_output=True, text=True, check=True
+        ).stdout
+    if "libstdc++.so" not in dynamic:
+        raise RuntimeError(
+            f"{wheel.name}: libmlx.so links libstdc++ statically, which crashes once a "
+            "process loads the shared libstdc++ too. Look for -static-libstdc++ in "
+            "the compiler's flags or specs (g++ -dumpspecs) on this machine."
+        )
 
 
 def local_json_source(layout: Layout) -> Path | None:
@@ -237,9 +276,12 @@ def build_wheel(
         "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     if backend == "cuda":
-        # The system compiler: a CC/CXX wrapper may not work as nvcc's host.
-        env.pop("CC", None)
-        env.pop("CXX", None)
+        # The system compiler: a CC/CXX/CUDAHOSTCXX wrapper may not work as
+        # nvcc's host, and one whose library folders hold only a static
+        # libstdc++ links it into libmlx (see drop_static_libstdcxx).
+        for name in ("CC", "CXX", "CUDAHOSTCXX"):
+            env.pop(name, None)
+    drop_static_libstdcxx(env)
     env.pop("MLX_LOCAL_VERSION_LABEL", None)
     if label:
         env["MLX_LOCAL_VERSION_LABEL"] = label
@@ -270,6 +312,7 @@ def build_wheel(
         old.unlink()
     target = out_dir / built[0].name
     shutil.move(built[0], target)
+    check_shared_libstdcxx(target)
     stamp.write_text(json.dumps({"key": key, "wheel": target.name}) + "\n")
     print(f"mlxr build: {target}")
     return target
