@@ -26,6 +26,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mlxrtools.tree import export
 
     changes = export(default_layout(), check_only=args.check)
+    if changes and not args.check:
+        print("mlxr export: wrote patches/ and overlay/:")
     for line in changes:
         print(line)
     if args.check:

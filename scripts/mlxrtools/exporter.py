@@ -148,23 +148,23 @@ def _file_changes(prefix: str, want: dict, have: dict) -> list[str]:
     out = []
     for name in sorted(set(want) | set(have)):
         if name not in have:
-            out.append(f"{prefix}/{name} would be added")
+            out.append(f"{prefix}/{name}: added")
         elif name not in want:
-            out.append(f"{prefix}/{name} would be removed")
+            out.append(f"{prefix}/{name}: removed")
         elif want[name] != have[name]:
-            out.append(f"{prefix}/{name} would change")
+            out.append(f"{prefix}/{name}: changed")
     return out
 
 
 def differences(want: ExportResult, have: ExportResult) -> list[str]:
-    """What writing `want` would change in `have`, one line each."""
-    out = ["patches/series would change"] if want.series != have.series else []
+    """How `want` differs from `have`, one line per file."""
+    out = ["patches/series: changed"] if want.series != have.series else []
     out += _file_changes("patches", want.patches, have.patches)
     out += _file_changes("overlay", want.overlay, have.overlay)
     for path in sorted(set(want.overlay) & set(have.overlay)):
         same_bytes = want.overlay[path] == have.overlay[path]
         if same_bytes and want.overlay_modes[path] != have.overlay_modes[path]:
-            out.append(f"overlay/{path} would change mode")
+            out.append(f"overlay/{path}: mode changed")
     return out
 
 

@@ -95,6 +95,9 @@ def export(layout: Layout, check_only: bool = False) -> list[str]:
     dirty = git("status", "--porcelain", "--untracked-files=no", cwd=tree).strip()
     if dirty:
         raise ApplyError(f"commit your edits in {tree} first:\n{dirty}")
+    busy = unfinished_operation(tree)
+    if busy:
+        raise ApplyError(f"a {busy} is in progress in {tree}: finish or abort it first")
     have = current_state(layout.patches, layout.overlay)
     want = export_commits(tree, BASE_REF, "HEAD", previous=have.patches)
     changes = differences(want, have)
@@ -102,6 +105,15 @@ def export(layout: Layout, check_only: bool = False) -> list[str]:
         write_state(want, layout.patches, layout.overlay)
         write_stamp(layout)
     return changes
+
+
+def unfinished_operation(tree: Path) -> str | None:
+    """A rebase or `git am` stopped half-way, whose HEAD is not the whole series."""
+    for name, what in (("rebase-merge", "rebase"), ("rebase-apply", "rebase or git am")):
+        path = tree / git("rev-parse", "--git-path", name, cwd=tree).strip()
+        if path.exists():
+            return what
+    return None
 
 
 def write_stamp(layout: Layout) -> None:

@@ -1,11 +1,12 @@
 """apply, export and check on a throwaway upstream."""
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import FIELDS, commit_in_tree, run_git, write
+from conftest import FIELDS, GIT_ENV, commit_in_tree, run_git, write
 from mlxrtools.applier import ApplyError
 from mlxrtools.check import check
 from mlxrtools.layout import Layout
@@ -86,8 +87,26 @@ def test_apply_refuses_to_discard_unexported_commits(exported: Layout) -> None:
 
 def test_export_check_reports_drift(exported: Layout) -> None:
     (exported.overlay / "src" / "fused.txt").write_text("edited by hand\n")
-    assert export(exported, check_only=True) == ["overlay/src/fused.txt would change"]
+    assert export(exported, check_only=True) == ["overlay/src/fused.txt: changed"]
     assert (exported.overlay / "src" / "fused.txt").read_text() == "edited by hand\n"
+
+
+def test_export_refuses_while_a_rebase_is_stopped(exported: Layout) -> None:
+    tree = apply(exported, force=True, quiet=True)
+    editor = {"GIT_SEQUENCE_EDITOR": "sed -i '1s/^pick/edit/'"}
+    subprocess.run(
+        ["git", "rebase", "-q", "-i", "refs/mlxr/base"],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        env={**os.environ, **GIT_ENV, **editor},
+    )
+    before = sorted(p.name for p in exported.patches.iterdir())
+    with pytest.raises(ApplyError, match="rebase is in progress"):
+        export(exported)
+    assert sorted(p.name for p in exported.patches.iterdir()) == before
+    run_git("rebase", "--continue", cwd=tree)
+    assert export(exported) == []
 
 
 def test_last_update_is_kept_unless_the_patch_changes(exported: Layout) -> None:
@@ -99,7 +118,7 @@ def test_last_update_is_kept_unless_the_patch_changes(exported: Layout) -> None:
     registry = tree / "src" / "registry.txt"
     registry.write_text(registry.read_text() + "more\n")
     run_git("commit", "-q", "-a", "--amend", "--no-edit", cwd=tree)
-    assert export(exported) == [f"patches/{PATCH_2} would change"]
+    assert export(exported) == [f"patches/{PATCH_2}: changed"]
     import datetime
 
     assert date(PATCH_2) == datetime.date.today().isoformat()
