@@ -108,7 +108,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         extra += ["--cache-limit-mb", str(args.cache_limit_mb)]
     if args.sweep:
         extra.append("--sweep")
-    return run_bench(default_layout(), device=args.device, repeats=args.repeats, extra=extra)
+    device = args.device or ("gpu" if args.backend in ("metal", "cuda") else "cpu")
+    return run_bench(
+        default_layout(),
+        device=device,
+        repeats=args.repeats,
+        backend=args.backend,
+        wheel=args.wheel,
+        extra=extra,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -236,10 +244,25 @@ def parser() -> argparse.ArgumentParser:
         help="time rmsnorm_fused against its baselines",
         description="Build and install the wheel if needed, then time "
         "rmsnorm_fused, mx.fast.rms_norm, x + r followed by mx.fast.rms_norm, "
-        "and a NumPy copy of the same bytes, in one run. Prints a Markdown "
-        "table of medians and GB/s and writes it to build/results/.",
+        "and a copy of the same bytes (NumPy on the CPU; on a CUDA GPU, PyTorch's "
+        "device-to-device copy, with F.rms_norm and torch.compile of add + rms_norm, "
+        "in a process of their own), in one run. Prints a Markdown table of "
+        "medians and GB/s and writes it to build/results/.",
     )
-    n.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    n.add_argument(
+        "--backend",
+        choices=("auto", "cpu", "metal", "cuda"),
+        default="auto",
+        help="the wheel to build and time, as for `build` (default: %(default)s); "
+        "metal and cuda time the GPU",
+    )
+    n.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="the stream to time on (default: gpu for --backend metal or cuda, else cpu)",
+    )
+    n.add_argument("--wheel", type=Path, help="time this wheel instead of building one")
     n.add_argument("--repeats", type=int, default=30, help="timed calls per case")
     n.add_argument(
         "--shapes",

@@ -8,9 +8,12 @@ move: x and y, plus r and h for the residual form.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,60 +49,60 @@ class Row:
 
 
 def median_seconds(
-    fn: Callable[[], object],
+    fn: Callable[[], list[mx.array]],
     repeats: int,
-    sync: Callable[[], object] | None = None,
-    batch: int = 1,
+    stream: mx.Stream,
+    batch: int = 20,
 ) -> float:
-    """Median time of one call. On a GPU, calls run in batches between
-    synchronizations, so that launch latency overlaps as it does in a model."""
+    """Median time of one call. On a GPU, a batch of calls is queued with
+    async_eval and timed to the synchronization after it, so that the host's
+    work for one call overlaps the kernels of the one before, as in a model.
+    On the CPU, where ops run one after another anyway, each call is timed."""
+    on_gpu = stream.device == mx.gpu
+    evaluate = mx.async_eval if on_gpu else mx.eval
+    batch = batch if on_gpu else 1
     for _ in range(3):
-        fn()
-    if sync:
-        sync()
+        mx.eval(*fn())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(batch):
-            fn()
-        if sync:
-            sync()
+            evaluate(*fn())
+        mx.synchronize(stream)
         times.append((time.perf_counter() - start) / batch)
     return statistics.median(times)
 
 
-def torch_cases(
-    x: mx.array, r: mx.array, w: mx.array
-) -> list[tuple[str, Callable[[], object], int, Callable[[], object]]]:
-    """PyTorch on the same CUDA device and data: F.rms_norm, torch.compile of
-    add + rms_norm, and a device-to-device copy as the bandwidth ceiling."""
+def numpy_copy_seconds(n: int, repeats: int) -> float:
+    src = np.frombuffer(np.random.default_rng(0).bytes(n), dtype=np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_rows(shapes: str, dtypes: str, repeats: int) -> list[Row]:
+    """PyTorch's cases on the same card, from a process of its own: PyTorch and
+    MLX's CUDA backend each bring CUDA libraries, and one process with both
+    crashed. None where PyTorch or its CUDA is missing, or MLXR_BENCH_TORCH=0."""
     if os.environ.get("MLXR_BENCH_TORCH") == "0":
         return []
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
+    cmd = [
+        sys.executable, "-m", "mlxrtools.torch_baselines", "--json",
+        "--shapes", shapes, "--dtypes", dtypes, "--repeats", str(repeats),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        print(f"PyTorch baselines skipped: {tail[0] if tail else proc.returncode}", flush=True)
         return []
-    if not torch.cuda.is_available():
-        return []
-    dtype = {mx.float32: torch.float32, mx.bfloat16: torch.bfloat16, mx.float16: torch.float16}
-    tx = torch.from_numpy(np.array(x.astype(mx.float32))).to("cuda", dtype[x.dtype])
-    tr = torch.from_numpy(np.array(r.astype(mx.float32))).to("cuda", dtype[x.dtype])
-    tw = torch.from_numpy(np.array(w.astype(mx.float32))).to("cuda", dtype[x.dtype])
-    shape = (x.shape[-1],)
-
-    def add_rms_norm(a, b, weight):  # type: ignore[no-untyped-def]
-        h = a + b
-        return F.rms_norm(h, shape, weight, EPS), h
-
-    compiled = torch.compile(add_rms_norm)
-    dst = torch.empty_like(tx)
-    n = x.nbytes
-    sync = torch.cuda.synchronize
     return [
-        ("torch F.rms_norm", lambda: F.rms_norm(tx, shape, tw, EPS), 2 * n, sync),
-        ("torch.compile(x + r, rms_norm)", lambda: compiled(tx, tr, tw), 4 * n, sync),
-        (DEVICE_COPY, lambda: dst.copy_(tx), 2 * n, sync),
+        Row((r["shape"][0], r["shape"][1]), r["dtype"], r["case"], r["seconds"], r["bytes"])
+        for r in json.loads(proc.stdout)
     ]
 
 
@@ -114,40 +117,24 @@ def bench_shape(
     mx.eval(x, r, w)
     n = x.nbytes
 
-    def fused() -> None:
-        mx.eval(mx.fast.rmsnorm_fused(x, w, EPS, stream=s))
-
-    def fused_residual() -> None:
-        mx.eval(*mx.fast.rmsnorm_fused(x, w, EPS, residual=r, stream=s))
-
-    def upstream() -> None:
-        mx.eval(mx.fast.rms_norm(x, w, EPS, stream=s))
-
-    def upstream_residual() -> None:
+    def upstream_residual() -> list[mx.array]:
         h = mx.add(x, r, stream=s)
-        mx.eval(mx.fast.rms_norm(h, w, EPS, stream=s), h)
+        return [mx.fast.rms_norm(h, w, EPS, stream=s), h]
 
-    # The machine's bandwidth limit for the bytes rms_norm moves: read n, write n.
-    src = np.frombuffer(np.random.default_rng(0).bytes(n), dtype=np.uint8)
-    dst = np.empty_like(src)
-
-    def numpy_copy() -> None:
-        np.copyto(dst, src)
-
-    on_gpu = device == mx.gpu
-    sync = mx.synchronize if on_gpu else None
-    batch = 20 if on_gpu else 1
-    cases = [
-        (FUSED, fused, 2 * n, sync),
-        (UPSTREAM, upstream, 2 * n, sync),
-        (FUSED_RES, fused_residual, 4 * n, sync),
-        (UPSTREAM_RES, upstream_residual, 4 * n, sync),
+    cases: list[tuple[str, Callable[[], list[mx.array]], int]] = [
+        (FUSED, lambda: [mx.fast.rmsnorm_fused(x, w, EPS, stream=s)], 2 * n),
+        (UPSTREAM, lambda: [mx.fast.rms_norm(x, w, EPS, stream=s)], 2 * n),
+        (FUSED_RES, lambda: list(mx.fast.rmsnorm_fused(x, w, EPS, residual=r, stream=s)), 4 * n),
+        (UPSTREAM_RES, upstream_residual, 4 * n),
     ]
-    cases += torch_cases(x, r, w) if on_gpu else [(COPY, numpy_copy, 2 * n, None)]
-    return [
-        Row((rows, hidden), dtype_name, name, median_seconds(fn, repeats, sync, batch), moved)
-        for name, fn, moved, sync in cases
+    result = [
+        Row((rows, hidden), dtype_name, name, median_seconds(fn, repeats, s), moved)
+        for name, fn, moved in cases
     ]
+    if device != mx.gpu:
+        # The machine's bandwidth limit for the bytes rms_norm moves: read n, write n.
+        result.append(Row((rows, hidden), dtype_name, COPY, numpy_copy_seconds(n, repeats), 2 * n))
+    return result
 
 
 def markdown(rows: list[Row], machine: str) -> str:
@@ -253,6 +240,8 @@ def main() -> None:
         n_rows, hidden = (int(v) for v in spec.lower().split("x"))
         for dtype in dtypes:
             rows += bench_shape(n_rows, hidden, dtype, device, args.repeats)
+    if device == mx.gpu:
+        rows += torch_rows(args.shapes, args.dtypes, args.repeats)
     table = markdown(rows, machine)
     print(table)
     swept = sweep(dtypes, device, args.repeats) if args.sweep else []

@@ -2,13 +2,16 @@
 
 PyTorch and MLX's CUDA backend each bring their own CUDA libraries, and one
 process with both crashed on the H200 machine, so the baselines (F.rms_norm,
-torch.compile of add + rms_norm, and a device-to-device copy) run here, on the
-same card, in the same call as the MLX cases.
+torch.compile of add + rms_norm returning both outputs, and a device-to-device
+copy) run here, on the same card, in the same bench run as the MLX cases.
+Times are CUDA-event medians of batches of calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +36,15 @@ def median_us(fn, repeats: int, batch: int = 20) -> float:  # type: ignore[no-un
     return sorted(times)[len(times) // 2]
 
 
-def bench(rows: int, hidden: int, name: str, repeats: int) -> None:
+class Case(NamedTuple):
+    shape: tuple[int, int]
+    dtype: str
+    case: str
+    seconds: float
+    bytes: int
+
+
+def bench(rows: int, hidden: int, name: str, repeats: int) -> list[Case]:
     dtype = DTYPES[name]
     x = torch.randn(rows, hidden, device="cuda", dtype=dtype)
     r = torch.randn(rows, hidden, device="cuda", dtype=dtype)
@@ -49,11 +60,12 @@ def bench(rows: int, hidden: int, name: str, repeats: int) -> None:
     cases = [
         ("torch F.rms_norm", lambda: F.rms_norm(x, (hidden,), w, EPS), 2 * n),
         ("torch.compile(x + r, rms_norm)", lambda: compiled(x, r, w), 4 * n),
-        ("device-to-device copy", lambda: dst.copy_(x), 2 * n),
+        ("device-to-device copy of the same bytes", lambda: dst.copy_(x), 2 * n),
     ]
-    for case, fn, moved in cases:
-        us = median_us(fn, repeats)
-        print(f"| {rows}×{hidden} | {name} | {case} | {us:,.1f} | {moved / us / 1e3:,.1f} |")
+    return [
+        Case((rows, hidden), name, case, median_us(fn, repeats) * 1e-6, moved)
+        for case, fn, moved in cases
+    ]
 
 
 def main() -> None:
@@ -61,14 +73,23 @@ def main() -> None:
     p.add_argument("--shapes", default="16384x8192")
     p.add_argument("--dtypes", default="bfloat16")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print JSON rows, not a table")
     args = p.parse_args()
+    rows = []
+    for spec in args.shapes.split(","):
+        n_rows, hidden = (int(v) for v in spec.lower().split("x"))
+        for name in args.dtypes.split(","):
+            rows += bench(n_rows, hidden, name, args.repeats)
+    if args.json:
+        print(json.dumps([row._asdict() for row in rows]))
+        return
     print(f"Card: {torch.cuda.get_device_name()}; torch {torch.__version__}\n")
     print("| shape | dtype | case | time (µs) | GB/s |")
     print("| --- | --- | --- | ---: | ---: |")
-    for spec in args.shapes.split(","):
-        rows, hidden = (int(v) for v in spec.split("x"))
-        for name in args.dtypes.split(","):
-            bench(rows, hidden, name, args.repeats)
+    for row in rows:
+        us = row.seconds * 1e6
+        shape = f"{row.shape[0]}×{row.shape[1]}"
+        print(f"| {shape} | {row.dtype} | {row.case} | {us:,.1f} | {row.bytes / us / 1e3:,.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The bench table: ratios and shares of copy come from cases of the same run."""
+
+from mlxrtools.benchmark import (
+    DEVICE_COPY,
+    FUSED,
+    FUSED_RES,
+    UPSTREAM,
+    UPSTREAM_RES,
+    Row,
+    markdown,
+    torch_rows,
+)
+
+
+def line_of(table: str, case: str) -> list[str]:
+    return next(
+        [cell.strip() for cell in line.split("|")[1:-1]]
+        for line in table.splitlines()
+        if line.startswith("|") and line.split("|")[3].strip() == case
+    )
+
+
+def test_shares_and_speed_ups_use_the_device_copy_of_the_same_shape() -> None:
+    n = 1_000_000
+    rows = [
+        Row((8, 4096), "bfloat16", FUSED, 2e-3, 2 * n),
+        Row((8, 4096), "bfloat16", UPSTREAM, 4e-3, 2 * n),
+        Row((8, 4096), "bfloat16", FUSED_RES, 4e-3, 4 * n),
+        Row((8, 4096), "bfloat16", UPSTREAM_RES, 6e-3, 4 * n),
+        # PyTorch's rows arrive after MLX's, from another process.
+        Row((8, 4096), "bfloat16", DEVICE_COPY, 1e-3, 2 * n),
+    ]
+    table = markdown(rows, "test card")
+    fused = line_of(table, FUSED)
+    assert fused[5:] == ["50%", "2.00× vs mx.fast.rms_norm"]
+    residual = line_of(table, FUSED_RES)
+    assert residual[5:] == ["50%", "1.50× vs x + r, mx.fast.rms_norm"]
+    assert line_of(table, DEVICE_COPY)[5] == "100%"
+
+
+def test_pytorch_baselines_can_be_switched_off(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MLXR_BENCH_TORCH", "0")
+    assert torch_rows("1x4096", "bfloat16", 1) == []
