@@ -19,16 +19,18 @@ def layouts(draw: st.DrawFn, dtype: mx.Dtype) -> mx.array:
     shape = [draw(st.integers(0 if i < ndim - 1 else 1, 6)) for i in range(ndim - 1)]
     shape.append(draw(st.integers(1, 70)))
     seed = draw(st.integers(0, 2**16))
-    base = mx.random.uniform(-2, 2, shape=(2 * shape[0], *shape[1:]), key=mx.random.key(seed))
-    base = base.astype(dtype) if dtype != mx.bool_ else base > 0
     kind = draw(st.sampled_from(["plain", "step", "transposed", "broadcast"]))
-    if kind == "step":
-        return base[::2]
-    if kind == "transposed" and ndim >= 2:
-        return mx.swapaxes(mx.swapaxes(base[: shape[0]], 0, -1), 0, -1)
-    if kind == "broadcast" and ndim >= 2:
-        return mx.broadcast_to(base[:1], tuple(shape))
-    return base[: shape[0]]
+    # GPUs have no float64, so such inputs are made on the CPU.
+    with mx.stream(mx.cpu if dtype == mx.float64 else mx.default_device()):
+        base = mx.random.uniform(-2, 2, shape=(2 * shape[0], *shape[1:]), key=mx.random.key(seed))
+        base = base.astype(dtype) if dtype != mx.bool_ else base > 0
+        if kind == "step":
+            return base[::2]
+        if kind == "transposed" and ndim >= 2:
+            return mx.swapaxes(mx.swapaxes(base[: shape[0]], 0, -1), 0, -1)
+        if kind == "broadcast" and ndim >= 2:
+            return mx.broadcast_to(base[:1], tuple(shape))
+        return base[: shape[0]]
 
 
 @st.composite
@@ -51,7 +53,8 @@ def calls(draw: st.DrawFn) -> dict:
     residual = None
     if draw(st.booleans()):
         shape = x.shape if draw(st.integers(0, 5)) else (*x.shape[:-1], x.shape[-1] + 1)
-        residual = mx.random.uniform(shape=shape, key=mx.random.key(7)).astype(x.dtype)
+        with mx.stream(mx.cpu if x.dtype == mx.float64 else mx.default_device()):
+            residual = mx.random.uniform(shape=shape, key=mx.random.key(7)).astype(x.dtype)
     return {"x": x, "weight": weight, "eps": eps, "residual": residual}
 
 
