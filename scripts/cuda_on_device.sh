@@ -5,43 +5,136 @@
 #   .whl/            wheels for that machine's Python: pip, setuptools, wheel,
 #                    typing_extensions, nanobind, cuda-cccl, nvidia-cudnn-frontend,
 #                    nvidia-cutlass, pytest and hypothesis with their needs
-# Usage: scripts/cuda_on_device.sh [build|test|bench|all] [CUDA archs, default 90a-real]
+#   .device/wheel/   optional: a wheel built by an earlier call, in parts (see `save`),
+#                    used instead of building
+# Usage: scripts/cuda_on_device.sh STAGE... [--archs 90a-real]
+# Stages, run in the order given:
+#   build   the CUDA wheel (about 6 minutes with 16 cores)
+#   save    the wheel, split in 15 MB parts, to $OUT/wheel.* for the next call
+#   sweep   time the forward kernel at other launch geometries (cuda_kernel_sweep.cu)
+#   test    the wheel tests on the GPU; on a crash, a native backtrace from cuda-gdb
+#   bench   mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
 # Logs and tables go to $OUT (the device tool's output folder) or build/device.
 set -euo pipefail
+trap 'echo "cuda_on_device.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
-stage=${1:-all}
-archs=${2:-90a-real}
+archs=90a-real
+stages=()
+while (($#)); do
+  case $1 in
+    --archs) archs=$2; shift 2 ;;
+    build | save | sweep | test | bench | diag) stages+=("$1"); shift ;;
+    *) echo "unknown stage or option: $1" >&2; exit 2 ;;
+  esac
+done
 out=${OUT:-build/device}
 mkdir -p "$out"
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl" PYTHONUNBUFFERED=1
 site=/tmp/mlxr-site
 
-if [[ $stage == build || $stage == all ]]; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/machine.txt"
-  { python3 --version; nvcc --version | tail -1; g++ --version | head -1; cmake --version | head -1; } \
-    | tee -a "$out/machine.txt"
-  python3 scripts/mlxr.py build --backend cuda --cuda-archs "$archs" --source .device/mlx-src \
-    2>&1 | tee "$out/build.log" | grep -E "mlxr|error|FAILED" || true
-  cp build/logs/build-mlx-src.log "$out/build-full.log" 2>/dev/null || true
+machine() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 --version
+  nvcc --version | tail -1
+  g++ --version | head -1
+  env | grep -E "^(C|CXX|LD|CUDA|NVCC_APPEND)FLAGS=" || true
+}
+
+wheel() {
+  if ! ls wheels/mlx-*.whl >/dev/null 2>&1 && ls .device/wheel/wheel.* >/dev/null 2>&1; then
+    mkdir -p wheels
+    cat .device/wheel/wheel.* >"wheels/$(cat .device/wheel/name)"
+  fi
   ls wheels/mlx-*.whl
-fi
+}
 
-if [[ $stage == test || $stage == all ]]; then
+install_site() {
+  [[ -d $site/mlx ]] && return
   pip_whl=$(ls .whl/pip-*.whl | tail -1)
-  rm -rf "$site"
-  # --no-deps: the machine's own numpy, pygments and the like serve.
-  python3 "$pip_whl/pip" install -q --no-deps --target "$site" wheels/mlx-*.whl \
+  # --no-deps: the machine's own numpy and the like serve.
+  python3 "$pip_whl/pip" install -q --no-deps --target "$site" "$(wheel)" \
     pytest pluggy iniconfig packaging hypothesis attrs sortedcontainers
-  PYTHONPATH="$site" MLXR_TEST_DEVICE=gpu MLXR_WHEEL="$(ls wheels/mlx-*.whl)" \
-    timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider -m "not vendor" tests/wheel $PYTEST_ARGS \
-    2>&1 | tee "$out/tests.log" | tail -25
-fi
+}
 
-if [[ $stage == bench || $stage == all ]]; then
-  shapes=16384x8192,32768x4096,32x4096,1x4096
-  MLXR_BENCH_TORCH=0 PYTHONPATH="$site:$PWD/scripts" timeout 150 python3 -m mlxrtools.benchmark --device gpu \
-    --repeats 15 --shapes $shapes --dtypes bfloat16,float32 --out-dir "$out" 2>&1 | tee "$out/bench.log"
-  # PyTorch in a process of its own: with MLX's CUDA libraries in one process it crashed.
-  PYTHONPATH="$PWD/scripts" timeout 150 python3 -m mlxrtools.torch_baselines --repeats 15 --shapes $shapes \
-    --dtypes bfloat16,float32 2>&1 | tee "$out/torch.log"
+run_tests() {
+  PYTHONPATH="$site" MLXR_TEST_DEVICE=gpu MLXR_WHEEL="$(wheel)" timeout "${TEST_TIMEOUT:-240}" \
+    "$@" -m pytest -q -p no:cacheprovider -m "not vendor" tests/wheel ${PYTEST_ARGS:-}
+}
+
+failed=""
+for stage in "${stages[@]}"; do
+  echo "== $stage ($(date +%T))"
+  case $stage in
+    build)
+      machine | tee "$out/machine.txt"
+      python3 scripts/mlxr.py build --backend cuda --cuda-archs "$archs" --source .device/mlx-src \
+        2>&1 | tee "$out/build.log" | grep -E "mlxr|error|FAILED" || true
+      wheel
+      ;;
+    diag)
+      machine
+      mkdir -p /tmp/cm
+      echo '#include <sstream>
+std::string f(double d) { std::ostringstream o; o << d; return o.str(); }' >/tmp/cm/a.cpp
+      g++ -dumpspecs | grep -n "static-libstdc\|lstdc" || true
+      ls -la "$(dirname "$(g++ -print-libgcc-file-name)")" | grep -i stdc || true
+      echo 'int main() {}' | g++ -x c++ - -o /tmp/hello -Wl,-t 2>&1 | grep -i stdc || true
+      readelf -d /tmp/hello | grep NEEDED
+      echo "PATH=$PATH CXX=${CXX:-} CC=${CC:-}"
+      ls -la /usr/bin/c++ /usr/bin/g++ /etc/alternatives/c++ /opt/gcc/bin/ 2>&1 | head -20
+      file /opt/gcc/bin/g++ 2>&1; head -c 600 /opt/gcc/bin/g++ 2>/dev/null | strings | head -20
+      for cxx in /usr/bin/c++ /usr/bin/g++ /opt/gcc/bin/g++; do
+        $cxx -x c++ /tmp/cm/a.cpp -shared -fPIC -o /tmp/cm/a.so && echo "$cxx: $(readelf -d /tmp/cm/a.so | grep -c 'libstdc++')"
+      done
+      printf '%s\n' 'cmake_minimum_required(VERSION 3.25)' \
+        'project(t LANGUAGES CXX CUDA)' 'add_library(t SHARED a.cpp b.cu)' \
+        'message(STATUS "CUDA implicit libs: ${CMAKE_CUDA_IMPLICIT_LINK_LIBRARIES}")' \
+        'message(STATUS "CXX implicit libs: ${CMAKE_CXX_IMPLICIT_LINK_LIBRARIES}")' >/tmp/cm/CMakeLists.txt
+      echo '#include <sstream>
+std::string f(double d) { std::ostringstream o; o << d; return o.str(); }' >/tmp/cm/a.cpp
+      echo '__global__ void k() {}' >/tmp/cm/b.cu
+      (cd /tmp/cm && cmake -G Ninja -B b -DCMAKE_CUDA_ARCHITECTURES=90 | grep implicit &&
+        ninja -C b -v | tail -1 && readelf -d b/libt.so | grep NEEDED) || true
+      (cd /tmp/cm && env -u CC -u CXX cmake -G Ninja -B b2 -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DCMAKE_CUDA_HOST_COMPILER="$(command -v g++)" | grep -i "identification\|implicit\|working" &&
+        ninja -C b2 -v | tail -1 && readelf -d b2/libt.so | grep NEEDED) || true
+      ;;
+    save)
+      w=$(wheel)
+      basename "$w" >"$out/name"
+      split -b 15M -d "$w" "$out/wheel."
+      ;;
+    sweep)
+      cccl=$(find build/venv /tmp/cccl -path '*cuda/cccl/headers/include' -type d 2>/dev/null | head -1 || true)
+      if [[ -z $cccl ]]; then
+        python3 -m zipfile -e .whl/cuda_cccl-*.whl /tmp/cccl
+        cccl=$(find /tmp/cccl -path '*cuda/cccl/headers/include' -type d | head -1)
+      fi
+      nvcc -std=c++20 -O3 -arch=sm_90a -ccbin /usr/bin/g++ --expt-relaxed-constexpr \
+        --extended-lambda -DFMT_CONSTEVAL= -diag-suppress 997,20012,20208 \
+        -I .device/mlx-src -I "$cccl" scripts/cuda_kernel_sweep.cu -o /tmp/sweep || failed+=" sweep"
+      [[ -x /tmp/sweep ]] && /tmp/sweep 16384x8192 32768x4096 4096x4096 | tee "$out/sweep.md"
+      ;;
+    test)
+      install_site
+      run_tests python3 -X faulthandler >"$out/tests.log" 2>&1 || failed+=" test"
+      tail -30 "$out/tests.log"
+      if grep -q "Fatal Python error" "$out/tests.log"; then
+        echo "== a crash: the same run under cuda-gdb"
+        run_tests cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt \
+          -ex "thread apply all bt 12" --args python3 >"$out/gdb.log" 2>&1 || true
+        grep -A40 "SIGSEGV\|SIGABRT" "$out/gdb.log" | head -80 || true
+      fi
+      ;;
+    bench)
+      timeout "${BENCH_TIMEOUT:-300}" python3 scripts/mlxr.py bench --backend cuda --wheel "$(wheel)" --repeats 15 \
+        --shapes 16384x8192,32768x4096,32x4096,1x4096 --dtypes bfloat16,float32 \
+        2>&1 | tee "$out/bench.log" || failed+=" bench"
+      cp build/results/bench-gpu.md "$out/" || true
+      ;;
+  esac
+done
+if [[ -n $failed ]]; then
+  echo "failed:$failed"
+  exit 1
 fi
