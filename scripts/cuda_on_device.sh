@@ -14,6 +14,8 @@
 #   sweep   time the forward kernel at other launch geometries (cuda_kernel_sweep.cu)
 #   test    the wheel tests on the GPU; on a crash, a native backtrace from cuda-gdb
 #   bench   mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
+#   diag    the machine's compilers and whether each links libstdc++ shared: a tiny CMake
+#           CUDA library built with the environment's compilers and as `build` does
 # Logs and tables go to $OUT (the device tool's output folder) or build/device.
 set -euo pipefail
 trap 'echo "cuda_on_device.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
@@ -90,12 +92,10 @@ std::string f(double d) { std::ostringstream o; o << d; return o.str(); }' >/tmp
         'project(t LANGUAGES CXX CUDA)' 'add_library(t SHARED a.cpp b.cu)' \
         'message(STATUS "CUDA implicit libs: ${CMAKE_CUDA_IMPLICIT_LINK_LIBRARIES}")' \
         'message(STATUS "CXX implicit libs: ${CMAKE_CXX_IMPLICIT_LINK_LIBRARIES}")' >/tmp/cm/CMakeLists.txt
-      echo '#include <sstream>
-std::string f(double d) { std::ostringstream o; o << d; return o.str(); }' >/tmp/cm/a.cpp
       echo '__global__ void k() {}' >/tmp/cm/b.cu
       (cd /tmp/cm && cmake -G Ninja -B b -DCMAKE_CUDA_ARCHITECTURES=90 | grep implicit &&
         ninja -C b -v | tail -1 && readelf -d b/libt.so | grep NEEDED) || true
-      (cd /tmp/cm && env -u CC -u CXX cmake -G Ninja -B b2 -DCMAKE_CUDA_ARCHITECTURES=90 \
+      (cd /tmp/cm && env -u CC -u CXX -u CUDAHOSTCXX cmake -G Ninja -B b2 -DCMAKE_CUDA_ARCHITECTURES=90 \
         -DCMAKE_CUDA_HOST_COMPILER="$(command -v g++)" | grep -i "identification\|implicit\|working" &&
         ninja -C b2 -v | tail -1 && readelf -d b2/libt.so | grep NEEDED) || true
       ;;
