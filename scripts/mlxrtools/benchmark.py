@@ -86,9 +86,9 @@ def numpy_copy_seconds(n: int, repeats: int) -> float:
 
 
 def torch_rows(shapes: str, dtypes: str, repeats: int) -> list[Row]:
-    """PyTorch's cases on the same card, from a process of its own: PyTorch and
-    MLX's CUDA backend each bring CUDA libraries, and one process with both
-    crashed. None where PyTorch or its CUDA is missing, or MLXR_BENCH_TORCH=0."""
+    """PyTorch's cases on the same card, from a process of its own, so that
+    neither framework's CUDA libraries, allocator or streams disturb the other's
+    timings. None where PyTorch or its CUDA is missing, or MLXR_BENCH_TORCH=0."""
     if os.environ.get("MLXR_BENCH_TORCH") == "0":
         return []
     cmd = [

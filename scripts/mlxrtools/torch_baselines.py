@@ -1,10 +1,10 @@
 """PyTorch baselines for the GPU benchmark, in a process of their own.
 
-PyTorch and MLX's CUDA backend each bring their own CUDA libraries, and one
-process with both crashed on the H200 machine, so the baselines (F.rms_norm,
-torch.compile of add + rms_norm returning both outputs, and a device-to-device
-copy) run here, on the same card, in the same bench run as the MLX cases.
-Times are CUDA-event medians of batches of calls.
+PyTorch and MLX's CUDA backend each bring their own CUDA libraries, allocator
+and streams, so the baselines (F.rms_norm, torch.compile of add + rms_norm
+returning both outputs, and a device-to-device copy) run here, apart from MLX,
+on the same card and in the same bench run as the MLX cases. Times are
+CUDA-event medians of batches of calls.
 """
 
 from __future__ import annotations
