@@ -63,6 +63,16 @@ __device__ void add_in_place(
   }
 }
 
+// One running sum over every value a thread reads, in order.
+template <typename T, int N>
+__device__ void add_squares(float& sum, const AlignedVector<T, N>& v) {
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    float t = static_cast<float>(v[i]);
+    sum += t * t;
+  }
+}
+
 template <typename T, int N>
 __device__ void
 scale(AlignedVector<T, N>& h, const AlignedVector<T, N>& w, float inv_rms) {
@@ -132,11 +142,7 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
         store_vector<N_READS>(h, index, hn[i], axis_size);
       }
     }
-#pragma unroll
-    for (int j = 0; j < N_READS; j++) {
-      float t = static_cast<float>(hn[i][j]);
-      sum_squares += t * t;
-    }
+    add_squares(sum_squares, hn[i]);
   }
   float inv_rms = rsqrt(
       block_sum(sum_squares, warp_sums, cg::plus<float>{}) / axis_size + eps);
@@ -185,11 +191,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
       add_in_place(hn, load_vector<N_READS>(r, index, axis_size, T(0)));
       store_vector<N_READS>(h, index, hn, axis_size);
     }
-#pragma unroll
-    for (int j = 0; j < N_READS; j++) {
-      float t = static_cast<float>(hn[j]);
-      sum_squares += t * t;
-    }
+    add_squares(sum_squares, hn);
   }
   float inv_rms = rsqrt(
       block_sum(sum_squares, warp_sums, cg::plus<float>{}) / axis_size + eps);
@@ -328,10 +330,6 @@ void dispatch_fused_chunks(int n_chunks, F&& f) {
   }
 }
 
-bool is_aligned_16(const array& a) {
-  return reinterpret_cast<uintptr_t>(gpu_ptr<void>(a)) % 16 == 0;
-}
-
 // The kernels index rows as row * axis_size.
 array ensure_row_contiguous(
     const array& a,
@@ -393,9 +391,11 @@ void RMSNormFused::eval_gpu(
     using DataType = cuda_type_t<MLX_GET_TYPE(type_tag)>;
     constexpr int N_READS = 16 / sizeof(DataType);
     auto launch = fused_launch(axis_size, N_READS);
-    bool aligned = axis_size % N_READS == 0 && w_stride == 1 &&
-        is_aligned_16(x) && is_aligned_16(res) && is_aligned_16(w) &&
-        is_aligned_16(out) && is_aligned_16(h);
+    auto is_aligned = [](const array& a) {
+      return cu::is_aligned<N_READS>(gpu_ptr<DataType>(a));
+    };
+    bool aligned = axis_size % N_READS == 0 && w_stride == 1 && is_aligned(x) &&
+        is_aligned(res) && is_aligned(w) && is_aligned(out) && is_aligned(h);
     auto add_node = [&](auto kernel) {
       encoder.add_kernel_node(
           kernel,
