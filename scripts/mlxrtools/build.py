@@ -106,26 +106,11 @@ def make_venv(venv: Path, system_site_packages: bool = False) -> None:
     )
 
 
-STATIC_LIBSTDCXX = ("-static-libstdc++",)
-FLAG_VARIABLES = ("CFLAGS", "CXXFLAGS", "LDFLAGS", "CUDAFLAGS", "NVCC_APPEND_FLAGS")
-
-
-def drop_static_libstdcxx(env: dict[str, str]) -> None:
-    """libmlx must use the process's shared libstdc++: a static copy whose
-    symbols it exports mixes with the shared one that Python's other modules
-    load, and locale facets then resolve across the two copies (formatting a
-    number in an error message crashed so on the CUDA machine, whose
-    CUDAHOSTCXX compiler links libstdc++ statically)."""
-    for name in FLAG_VARIABLES:
-        flags = env.get(name, "").split()
-        kept = [f for f in flags if f not in STATIC_LIBSTDCXX]
-        if kept != flags:
-            print(f"mlxr build: dropping {' '.join(set(flags) - set(kept))} from {name}")
-            env[name] = " ".join(kept)
-
-
 def check_shared_libstdcxx(wheel: Path) -> None:
-    """Fail where libmlx carries its own libstdc++ (see drop_static_libstdcxx)."""
+    """Fail where libmlx carries its own libstdc++. Its exported copy mixes with
+    the shared one that Python's other modules load, and locale facets then
+    resolve across the two copies: formatting a number in an error message
+    crashed so on the lent CUDA machines."""
     readelf = shutil.which("readelf")
     if readelf is None or sys.platform != "linux":
         return
@@ -137,8 +122,9 @@ def check_shared_libstdcxx(wheel: Path) -> None:
     if "libstdc++.so" not in dynamic:
         raise RuntimeError(
             f"{wheel.name}: libmlx.so links libstdc++ statically, which crashes once a "
-            "process loads the shared libstdc++ too. Look for -static-libstdc++ in "
-            "the compiler's flags or specs (g++ -dumpspecs) on this machine."
+            "process loads the shared libstdc++ too. Look for -static-libstdc++ in the "
+            "compiler flags, and for a compiler whose library folders hold only "
+            "libstdc++.a (CMake links -lstdc++ from the first folder that has one)."
         )
 
 
@@ -278,10 +264,9 @@ def build_wheel(
     if backend == "cuda":
         # The system compiler: a CC/CXX/CUDAHOSTCXX wrapper may not work as
         # nvcc's host, and one whose library folders hold only a static
-        # libstdc++ links it into libmlx (see drop_static_libstdcxx).
+        # libstdc++ links it into libmlx (see check_shared_libstdcxx).
         for name in ("CC", "CXX", "CUDAHOSTCXX"):
             env.pop(name, None)
-    drop_static_libstdcxx(env)
     env.pop("MLX_LOCAL_VERSION_LABEL", None)
     if label:
         env["MLX_LOCAL_VERSION_LABEL"] = label

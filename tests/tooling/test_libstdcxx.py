@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from mlxrtools.build import check_shared_libstdcxx, drop_static_libstdcxx
+from mlxrtools.build import check_shared_libstdcxx
 
 SOURCE = """#include <sstream>
 std::string f(double d) { std::ostringstream o; o << d; return o.str(); }
@@ -30,9 +30,3 @@ def test_a_static_libstdcxx_in_libmlx_fails_the_build(tmp_path: Path) -> None:
     check_shared_libstdcxx(wheel_with_libmlx(tmp_path / "shared"))
     with pytest.raises(RuntimeError, match="links libstdc\\+\\+ statically"):
         check_shared_libstdcxx(wheel_with_libmlx(tmp_path / "static", "-static-libstdc++"))
-
-
-def test_static_libstdcxx_flags_are_dropped() -> None:
-    env = {"LDFLAGS": "-L/opt/lib -static-libstdc++ -Wl,-O1", "CXXFLAGS": "-O2"}
-    drop_static_libstdcxx(env)
-    assert env == {"LDFLAGS": "-L/opt/lib -Wl,-O1", "CXXFLAGS": "-O2"}
