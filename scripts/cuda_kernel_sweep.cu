@@ -2,8 +2,7 @@
 // launch geometries other than the one eval_gpu picks, on raw device buffers
 // with CUDA events, next to a device-to-device copy of the same bytes. It
 // exists to choose the block-size policy on a real card; see
-// scripts/cuda_on_device.sh, which builds it against the applied tree and the
-// wheel's libmlx.
+// scripts/cuda_on_device.sh, which builds it against the applied tree.
 //
 // Usage: cuda_kernel_sweep [ROWSxHIDDEN ...]
 
@@ -26,25 +25,46 @@ namespace mlx::core {
 
 namespace cu {
 
-CommandEncoder &get_command_encoder(Stream) { not_in_the_sweep(); }
-Buffer malloc_async(size_t, CommandEncoder &) { not_in_the_sweep(); }
-void CommandEncoder::set_input_array(const array &) { not_in_the_sweep(); }
-void CommandEncoder::set_output_array(const array &) { not_in_the_sweep(); }
-void CommandEncoder::add_kernel_node_raw(void *, dim3, dim3, dim3, uint32_t,
-                                         void **) {
+CommandEncoder& get_command_encoder(Stream) {
+  not_in_the_sweep();
+}
+Buffer malloc_async(size_t, CommandEncoder&) {
+  not_in_the_sweep();
+}
+void CommandEncoder::set_input_array(const array&) {
+  not_in_the_sweep();
+}
+void CommandEncoder::set_output_array(const array&) {
+  not_in_the_sweep();
+}
+void CommandEncoder::add_kernel_node_raw(
+    void*,
+    dim3,
+    dim3,
+    dim3,
+    uint32_t,
+    void**) {
   not_in_the_sweep();
 }
 
 } // namespace cu
 
-array contiguous_copy_gpu(const array &, const Stream &) { not_in_the_sweep(); }
-void copy_gpu(const array &, array &, CopyType, const Stream &) {
+array contiguous_copy_gpu(const array&, const Stream&) {
   not_in_the_sweep();
 }
-void fill_gpu(const array &, array &, const Stream &) { not_in_the_sweep(); }
-void col_reduce(cu::CommandEncoder &, const array &, array &,
-                Reduce::ReduceType, const std::vector<int> &,
-                const ReductionPlan &) {
+void copy_gpu(const array&, array&, CopyType, const Stream&) {
+  not_in_the_sweep();
+}
+void fill_gpu(const array&, array&, const Stream&) {
+  not_in_the_sweep();
+}
+void col_reduce(
+    cu::CommandEncoder&,
+    const array&,
+    array&,
+    Reduce::ReduceType,
+    const std::vector<int>&,
+    const ReductionPlan&) {
   not_in_the_sweep();
 }
 
@@ -54,7 +74,7 @@ namespace {
 
 using namespace mlx::core;
 
-void check(cudaError_t err, const char *what) {
+void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
     std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(err));
     std::exit(1);
@@ -62,7 +82,7 @@ void check(cudaError_t err, const char *what) {
 }
 
 template <typename F>
-float median_us(F &&launch, int repeats = 15, int batch = 20) {
+float median_us(F&& launch, int repeats = 15, int batch = 20) {
   cudaEvent_t start, stop;
   check(cudaEventCreate(&start), "event");
   check(cudaEventCreate(&stop), "event");
@@ -88,8 +108,17 @@ float median_us(F &&launch, int repeats = 15, int batch = 20) {
 }
 
 template <typename T, bool RESIDUAL, int N_CHUNKS>
-void run(const char *dtype, uint32_t rows, uint32_t hidden, int block_dim, T *x,
-         T *r, T *w, T *out, T *h, float copy_us) {
+void run(
+    const char* dtype,
+    uint32_t rows,
+    uint32_t hidden,
+    int block_dim,
+    T* x,
+    T* r,
+    T* w,
+    T* out,
+    T* h,
+    float copy_us) {
   constexpr int N_READS = 16 / sizeof(T);
   auto kernel = cu::rms_norm_fused_small<T, RESIDUAL, N_CHUNKS, true, N_READS>;
   float us = median_us([&]() {
@@ -98,13 +127,21 @@ void run(const char *dtype, uint32_t rows, uint32_t hidden, int block_dim, T *x,
   double bytes = (RESIDUAL ? 4.0 : 2.0) * rows * hidden * sizeof(T);
   double copy_gbps = 2.0 * rows * hidden * sizeof(T) / copy_us / 1e3;
   double gbps = bytes / us / 1e3;
-  std::printf("| %ux%u | %s | %s | %d | %d | %.1f | %.0f | %.0f%% |\n", rows,
-              hidden, dtype, RESIDUAL ? "residual" : "plain", block_dim,
-              N_CHUNKS, us, gbps, 100.0 * gbps / copy_gbps);
+  std::printf(
+      "| %ux%u | %s | %s | %d | %d | %.1f | %.0f | %.0f%% |\n",
+      rows,
+      hidden,
+      dtype,
+      RESIDUAL ? "residual" : "plain",
+      block_dim,
+      N_CHUNKS,
+      us,
+      gbps,
+      100.0 * gbps / copy_gbps);
 }
 
 template <typename T>
-void sweep(const char *dtype, uint32_t rows, uint32_t hidden) {
+void sweep(const char* dtype, uint32_t rows, uint32_t hidden) {
   constexpr int N_READS = 16 / sizeof(T);
   size_t n = size_t(rows) * hidden;
   T *x, *r, *w, *out, *h;
@@ -118,8 +155,13 @@ void sweep(const char *dtype, uint32_t rows, uint32_t hidden) {
   cudaMemset(w, 0, hidden * sizeof(T));
   float copy_us = median_us(
       [&]() { cudaMemcpyAsync(out, x, n * sizeof(T), cudaMemcpyDefault); });
-  std::printf("| %ux%u | %s | copy | - | - | %.1f | %.0f | 100%% |\n", rows,
-              hidden, dtype, copy_us, 2.0 * n * sizeof(T) / copy_us / 1e3);
+  std::printf(
+      "| %ux%u | %s | copy | - | - | %.1f | %.0f | 100%% |\n",
+      rows,
+      hidden,
+      dtype,
+      copy_us,
+      2.0 * n * sizeof(T) / copy_us / 1e3);
   int n_vectors = hidden / N_READS;
   for (int block_dim = 32; block_dim <= cu::RMS_FUSED_SMALL_MAX_BLOCK;
        block_dim *= 2) {
@@ -129,15 +171,19 @@ void sweep(const char *dtype, uint32_t rows, uint32_t hidden) {
       continue;
     }
     fast::dispatch_fused_chunks(n_chunks, [&](auto chunks) {
-      run<T, false, chunks.value>(dtype, rows, hidden, block_dim, x, r, w, out,
-                                  h, copy_us);
-      run<T, true, chunks.value>(dtype, rows, hidden, block_dim, x, r, w, out,
-                                 h, copy_us);
+      run<T, false, chunks.value>(
+          dtype, rows, hidden, block_dim, x, r, w, out, h, copy_us);
+      run<T, true, chunks.value>(
+          dtype, rows, hidden, block_dim, x, r, w, out, h, copy_us);
     });
   }
   auto chosen = fast::fused_launch(hidden, N_READS);
-  std::printf("eval_gpu picks block %d, %d chunks for %s hidden %u\n",
-              chosen.block_dim, chosen.n_chunks, dtype, hidden);
+  std::printf(
+      "eval_gpu picks block %d, %d chunks for %s hidden %u\n",
+      chosen.block_dim,
+      chosen.n_chunks,
+      dtype,
+      hidden);
   cudaFree(x);
   cudaFree(r);
   cudaFree(w);
@@ -147,7 +193,7 @@ void sweep(const char *dtype, uint32_t rows, uint32_t hidden) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   std::vector<std::string> shapes(argv + 1, argv + argc);
   if (shapes.empty()) {
     shapes = {"16384x8192", "32768x4096"};
@@ -155,10 +201,11 @@ int main(int argc, char **argv) {
   cudaDeviceProp prop;
   check(cudaGetDeviceProperties(&prop, 0), "device");
   std::printf("Card: %s\n\n", prop.name);
-  std::printf("| shape | dtype | form | block | chunks | time (us) | GB/s | "
-              "share of copy |\n"
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
-  for (auto &shape : shapes) {
+  std::printf(
+      "| shape | dtype | form | block | chunks | time (us) | GB/s | "
+      "share of copy |\n"
+      "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+  for (auto& shape : shapes) {
     auto cross = shape.find('x');
     uint32_t rows = std::stoul(shape.substr(0, cross));
     uint32_t hidden = std::stoul(shape.substr(cross + 1));

@@ -14,8 +14,6 @@
 #   sweep   time the forward kernel at other launch geometries (cuda_kernel_sweep.cu)
 #   test    the wheel tests on the GPU; on a crash, a native backtrace from cuda-gdb
 #   bench   mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
-#   diag    the machine's compilers and whether each links libstdc++ shared: a tiny CMake
-#           CUDA library built with the environment's compilers and as `build` does
 # Logs and tables go to $OUT (the device tool's output folder) or build/device.
 set -euo pipefail
 trap 'echo "cuda_on_device.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
@@ -25,7 +23,7 @@ stages=()
 while (($#)); do
   case $1 in
     --archs) archs=$2; shift 2 ;;
-    build | save | sweep | test | bench | diag) stages+=("$1"); shift ;;
+    build | save | sweep | test | bench) stages+=("$1"); shift ;;
     *) echo "unknown stage or option: $1" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +37,6 @@ machine() {
   python3 --version
   nvcc --version | tail -1
   g++ --version | head -1
-  env | grep -E "^(C|CXX|LD|CUDA|NVCC_APPEND)FLAGS=" || true
 }
 
 wheel() {
@@ -72,32 +69,6 @@ for stage in "${stages[@]}"; do
       python3 scripts/mlxr.py build --backend cuda --cuda-archs "$archs" --source .device/mlx-src \
         2>&1 | tee "$out/build.log" | grep -E "mlxr|error|FAILED" || true
       wheel
-      ;;
-    diag)
-      machine
-      mkdir -p /tmp/cm
-      echo '#include <sstream>
-std::string f(double d) { std::ostringstream o; o << d; return o.str(); }' >/tmp/cm/a.cpp
-      g++ -dumpspecs | grep -n "static-libstdc\|lstdc" || true
-      ls -la "$(dirname "$(g++ -print-libgcc-file-name)")" | grep -i stdc || true
-      echo 'int main() {}' | g++ -x c++ - -o /tmp/hello -Wl,-t 2>&1 | grep -i stdc || true
-      readelf -d /tmp/hello | grep NEEDED
-      echo "PATH=$PATH CXX=${CXX:-} CC=${CC:-}"
-      ls -la /usr/bin/c++ /usr/bin/g++ /etc/alternatives/c++ /opt/gcc/bin/ 2>&1 | head -20
-      file /opt/gcc/bin/g++ 2>&1; head -c 600 /opt/gcc/bin/g++ 2>/dev/null | strings | head -20
-      for cxx in /usr/bin/c++ /usr/bin/g++ /opt/gcc/bin/g++; do
-        $cxx -x c++ /tmp/cm/a.cpp -shared -fPIC -o /tmp/cm/a.so && echo "$cxx: $(readelf -d /tmp/cm/a.so | grep -c 'libstdc++')"
-      done
-      printf '%s\n' 'cmake_minimum_required(VERSION 3.25)' \
-        'project(t LANGUAGES CXX CUDA)' 'add_library(t SHARED a.cpp b.cu)' \
-        'message(STATUS "CUDA implicit libs: ${CMAKE_CUDA_IMPLICIT_LINK_LIBRARIES}")' \
-        'message(STATUS "CXX implicit libs: ${CMAKE_CXX_IMPLICIT_LINK_LIBRARIES}")' >/tmp/cm/CMakeLists.txt
-      echo '__global__ void k() {}' >/tmp/cm/b.cu
-      (cd /tmp/cm && cmake -G Ninja -B b -DCMAKE_CUDA_ARCHITECTURES=90 | grep implicit &&
-        ninja -C b -v | tail -1 && readelf -d b/libt.so | grep NEEDED) || true
-      (cd /tmp/cm && env -u CC -u CXX -u CUDAHOSTCXX cmake -G Ninja -B b2 -DCMAKE_CUDA_ARCHITECTURES=90 \
-        -DCMAKE_CUDA_HOST_COMPILER="$(command -v g++)" | grep -i "identification\|implicit\|working" &&
-        ninja -C b2 -v | tail -1 && readelf -d b2/libt.so | grep NEEDED) || true
       ;;
     save)
       w=$(wheel)
