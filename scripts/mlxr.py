@@ -102,20 +102,16 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from mlxrtools.bench import run_bench
+    from mlxrtools.benchmark import case_argv
 
-    extra = ["--shapes", args.shapes, "--dtypes", args.dtypes]
-    if args.cache_limit_mb is not None:
-        extra += ["--cache-limit-mb", str(args.cache_limit_mb)]
-    if args.sweep:
-        extra.append("--sweep")
     device = args.device or ("gpu" if args.backend in ("metal", "cuda") else "cpu")
     return run_bench(
         default_layout(),
         device=device,
-        repeats=args.repeats,
         backend=args.backend,
         wheel=args.wheel,
-        extra=extra,
+        case_args=case_argv(args),
+        sweep=args.sweep,
     )
 
 
@@ -242,12 +238,15 @@ def parser() -> argparse.ArgumentParser:
     n = sub.add_parser(
         "bench",
         help="time rmsnorm_fused against its baselines",
-        description="Build and install the wheel if needed, then time "
-        "rmsnorm_fused, mx.fast.rms_norm, x + r followed by mx.fast.rms_norm, "
+        description="Build and install the wheel if needed, then time, in one run: "
+        "forward: rmsnorm_fused, mx.fast.rms_norm, x + r followed by mx.fast.rms_norm, "
         "and a copy of the same bytes (NumPy on the CPU; on a CUDA GPU, PyTorch's "
         "device-to-device copy, with F.rms_norm and torch.compile of add + rms_norm, "
-        "in a process of their own), in one run. Prints a Markdown table of "
-        "medians and GB/s and writes it to build/results/.",
+        "in a process of their own); backward: the gradients (mx.vjp) of the same "
+        "MLX cases and PyTorch autograd of F.rms_norm and add + F.rms_norm, with "
+        "peak memory; train: forward and backward of a stack of pre-norm blocks, "
+        "fused against stock. Prints Markdown tables of medians, GB/s, shares of copy "
+        "and ratios and writes them to build/results/bench-<device>.md.",
     )
     n.add_argument(
         "--backend",
@@ -263,27 +262,9 @@ def parser() -> argparse.ArgumentParser:
         help="the stream to time on (default: gpu for --backend metal or cuda, else cpu)",
     )
     n.add_argument("--wheel", type=Path, help="time this wheel instead of building one")
-    n.add_argument("--repeats", type=int, default=30, help="timed calls per case")
-    n.add_argument(
-        "--shapes",
-        default="4096x4096,8x4096,1x4096",
-        help="comma-separated ROWSxHIDDEN shapes (default: %(default)s)",
-    )
-    n.add_argument(
-        "--dtypes", default="float32,bfloat16", help="comma-separated dtypes (default: %(default)s)"
-    )
-    n.add_argument(
-        "--cache-limit-mb",
-        type=int,
-        default=None,
-        help="set MLX's buffer cache limit; by default outputs over 32 MB are fresh "
-        "allocations that page-fault, in every case alike",
-    )
-    n.add_argument(
-        "--sweep",
-        action="store_true",
-        help="also sweep hidden sizes and chart GB/s against hidden size (PNG)",
-    )
+    from mlxrtools.benchmark import add_case_options
+
+    add_case_options(n)
     n.set_defaults(func=cmd_bench)
     return p
 

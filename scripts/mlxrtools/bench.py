@@ -53,18 +53,20 @@ def bench_python(layout: Layout, backend: str, wheel: Path | None) -> Path:
 def run_bench(
     layout: Layout,
     device: str,
-    repeats: int,
     backend: str = "auto",
     wheel: Path | None = None,
-    extra: list[str] | None = None,
+    case_args: list[str] | None = None,
+    sweep: bool = False,
 ) -> int:
+    """Run the payload on `device` with the case options `case_args` (as
+    benchmark.case_argv writes them); `sweep` also needs matplotlib."""
     python = bench_python(layout, backend, wheel)
-    if "--sweep" in (extra or []) and "matplotlib" not in installed(python):
+    if sweep and "matplotlib" not in installed(python):
         subprocess.run([str(python), "-m", "pip", "install", "-q", "matplotlib"], check=True)
     env = {**os.environ, "PYTHONPATH": str(layout.root / "scripts")}
     cmd = [
-        str(python), "-m", "mlxrtools.benchmark", "--device", device, "--repeats", str(repeats),
-        "--out-dir", str(layout.results), *(extra or []),
+        str(python), "-m", "mlxrtools.benchmark", "--device", device,
+        "--out-dir", str(layout.results), *(case_args or []),
     ]  # fmt: skip
     code = subprocess.run(cmd, env=env).returncode
     if code == 0:

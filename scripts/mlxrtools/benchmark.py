@@ -1,8 +1,15 @@
 """Times rmsnorm_fused against its baselines. Runs inside a venv with the wheel.
 
-Every ratio compares cases measured in the same run on the same machine; each
-time is the median of many calls after a warm-up. Bytes are those the op must
-move: x and y, plus r and h for the residual form.
+Cases: forward (rmsnorm_fused against mx.fast.rms_norm and against x + r then
+mx.fast.rms_norm), backward (the gradients of the same, from mx.vjp) and a
+training step (mx.value_and_grad of a stack of pre-norm blocks, fused against
+stock). Every ratio compares cases measured in the same run on the same
+machine; each time is a median after a warm-up. Shares of copy count the bytes
+each case must move. On a GPU, PyTorch's baselines run in a process of their
+own, where PyTorch is present.
+
+This module imports no MLX at load time, so that its options and the PyTorch
+runner can be used anywhere; the MLX cases live in bench_mlx.
 """
 
 from __future__ import annotations
@@ -10,162 +17,239 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import mlx.core as mx
-import numpy as np
+from .bench_report import (
+    COPY,
+    FUSED,
+    FUSED_RES,
+    UPSTREAM,
+    UPSTREAM_RES,
+    BackwardRow,
+    Row,
+    Shape,
+    TrainRow,
+    backward_markdown,
+    markdown,
+    train_markdown,
+)
 
-EPS = 1e-6
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
-FUSED, UPSTREAM = "rmsnorm_fused", "mx.fast.rms_norm"
-FUSED_RES, UPSTREAM_RES = "rmsnorm_fused(residual)", "x + r, mx.fast.rms_norm"
-COPY = "numpy copy of the same bytes"
-DEVICE_COPY = "device-to-device copy of the same bytes"
-BASELINE = {FUSED: UPSTREAM, UPSTREAM: UPSTREAM, COPY: UPSTREAM, FUSED_RES: UPSTREAM_RES}
-BASELINE[UPSTREAM_RES] = UPSTREAM_RES
-BASELINE[DEVICE_COPY] = UPSTREAM
-BASELINE["torch F.rms_norm"] = UPSTREAM
-BASELINE["torch.compile(x + r, rms_norm)"] = UPSTREAM_RES
-
-
-@dataclass
-class Row:
-    shape: tuple[int, int]
-    dtype: str
-    case: str
-    seconds: float
-    bytes_moved: int
-
-    @property
-    def gbps(self) -> float:
-        return self.bytes_moved / self.seconds / 1e9
+CASES = ("forward", "backward", "train")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+SHAPES = "4096x4096,8x4096,1x4096"
+BACKWARD_SHAPES = {"gpu": "16384x8192,32768x4096,4096x4096", "cpu": "4096x4096"}
+TRAIN_TOKENS = {"gpu": 4096, "cpu": 32}
+TRAIN_DTYPE = {"gpu": "bfloat16", "cpu": "float32"}
 
 
-def median_seconds(
-    fn: Callable[[], list[mx.array]],
-    repeats: int,
-    stream: mx.Stream,
-    batch: int = 20,
-) -> float:
-    """Median time of one call. On a GPU, a batch of calls is queued with
-    async_eval and timed to the synchronization after it, so that the host's
-    work for one call overlaps the kernels of the one before, as in a model.
-    On the CPU, where ops run one after another anyway, each call is timed."""
-    on_gpu = stream.device == mx.gpu
-    evaluate = mx.async_eval if on_gpu else mx.eval
-    batch = batch if on_gpu else 1
-    for _ in range(3):
-        mx.eval(*fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(batch):
-            evaluate(*fn())
-        mx.synchronize(stream)
-        times.append((time.perf_counter() - start) / batch)
-    return statistics.median(times)
+def names(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    """A comma-separated list, each name one of `allowed`."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [item for item in items if item not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"{what}: {', '.join(bad) or 'none given'}; choose from {', '.join(allowed)}"
+        )
+    return items
 
 
-def numpy_copy_seconds(n: int, repeats: int) -> float:
-    src = np.frombuffer(np.random.default_rng(0).bytes(n), dtype=np.uint8)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def case_list(text: str) -> list[str]:
+    return names(text, CASES, "unknown case")
 
 
-def torch_rows(shapes: str, dtypes: str, repeats: int) -> list[Row]:
-    """PyTorch's cases on the same card, from a process of its own, so that
+def dtype_list(text: str) -> list[str]:
+    return names(text, DTYPE_NAMES, "unknown dtype")
+
+
+def shape(text: str) -> Shape:
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"not a ROWSxHIDDEN shape: {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def shape_list(text: str) -> list[Shape]:
+    return [shape(spec) for spec in text.split(",")]
+
+
+def format_shapes(shapes: Sequence[Shape]) -> str:
+    return ",".join(f"{rows}x{hidden}" for rows, hidden in shapes)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def add_case_options(p: argparse.ArgumentParser) -> None:
+    """The options that choose and size the cases; `mlxr.py bench` passes them on."""
+    p.add_argument(
+        "--repeats",
+        type=positive,
+        default=30,
+        metavar="N",
+        help="timed calls (batches on a GPU) per case (default: 30)",
+    )
+    p.add_argument(
+        "--cases",
+        type=case_list,
+        default=list(CASES),
+        metavar="LIST",
+        help=f"comma-separated cases to run, of {','.join(CASES)} (default: all)",
+    )
+    p.add_argument(
+        "--shapes",
+        type=shape_list,
+        default=shape_list(SHAPES),
+        metavar="SHAPES",
+        help=f"forward: comma-separated ROWSxHIDDEN shapes (default: {SHAPES})",
+    )
+    p.add_argument(
+        "--backward-shapes",
+        type=shape_list,
+        default=None,
+        metavar="SHAPES",
+        help="backward: comma-separated ROWSxHIDDEN shapes (default: "
+        f"{BACKWARD_SHAPES['gpu']} on the GPU, {BACKWARD_SHAPES['cpu']} on the CPU)",
+    )
+    p.add_argument(
+        "--dtypes",
+        type=dtype_list,
+        default=dtype_list("float32,bfloat16"),
+        metavar="LIST",
+        help="forward and backward: comma-separated dtypes (default: float32,bfloat16)",
+    )
+    p.add_argument(
+        "--train-tokens",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="train: rows of the input (default: "
+        f"{TRAIN_TOKENS['gpu']} on the GPU, {TRAIN_TOKENS['cpu']} on the CPU)",
+    )
+    p.add_argument(
+        "--train-hidden",
+        type=positive,
+        default=4096,
+        metavar="N",
+        help="train: hidden size (default: 4096)",
+    )
+    p.add_argument(
+        "--train-blocks",
+        type=positive,
+        default=8,
+        metavar="N",
+        help="train: pre-norm blocks (default: 8)",
+    )
+    p.add_argument(
+        "--train-repeats",
+        type=positive,
+        default=10,
+        metavar="N",
+        help="train: timed steps (batches of 4 on a GPU) of each stack, in turns (default: 10)",
+    )
+    p.add_argument(
+        "--train-dtype",
+        choices=DTYPE_NAMES,
+        default=None,
+        help=f"train: dtype (default: {TRAIN_DTYPE['gpu']} on the GPU, "
+        f"{TRAIN_DTYPE['cpu']} on the CPU)",
+    )
+    p.add_argument(
+        "--cache-limit-mb",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="set MLX's buffer cache limit; by default outputs over 32 MB are fresh "
+        "allocations that page-fault, in every case alike",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also sweep hidden sizes and chart forward GB/s against hidden size (PNG)",
+    )
+
+
+def case_argv(args: argparse.Namespace) -> list[str]:
+    """The parsed case options as arguments again, to hand on to the payload."""
+    argv = [
+        "--repeats", str(args.repeats),
+        "--cases", ",".join(args.cases),
+        "--shapes", format_shapes(args.shapes),
+        "--dtypes", ",".join(args.dtypes),
+        "--train-hidden", str(args.train_hidden),
+        "--train-blocks", str(args.train_blocks),
+        "--train-repeats", str(args.train_repeats),
+    ]  # fmt: skip
+    optional = {
+        "--backward-shapes": args.backward_shapes and format_shapes(args.backward_shapes),
+        "--train-tokens": args.train_tokens,
+        "--train-dtype": args.train_dtype,
+        "--cache-limit-mb": args.cache_limit_mb,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--sweep"] if args.sweep else [])
+
+
+def resolve_device_defaults(args: argparse.Namespace, device: str) -> None:
+    """Fill in the options whose default depends on the device."""
+    if args.backward_shapes is None:
+        args.backward_shapes = shape_list(BACKWARD_SHAPES[device])
+    if args.train_tokens is None:
+        args.train_tokens = TRAIN_TOKENS[device]
+    if args.train_dtype is None:
+        args.train_dtype = TRAIN_DTYPE[device]
+
+
+def torch_argv(args: argparse.Namespace) -> list[str]:
+    """The PyTorch runner's arguments for the forward and backward cases asked
+    for; none where neither was."""
+    cases = [c for c in args.cases if c in ("forward", "backward")]
+    if not cases:
+        return []
+    return [
+        "--cases", ",".join(cases),
+        "--shapes", format_shapes(args.shapes),
+        "--backward-shapes", format_shapes(args.backward_shapes),
+        "--dtypes", ",".join(args.dtypes),
+        "--repeats", str(args.repeats),
+    ]  # fmt: skip
+
+
+def torch_records(argv: list[str]) -> list[dict[str, Any]]:
+    """PyTorch's cases on the same card, from a process of their own, so that
     neither framework's CUDA libraries, allocator or streams disturb the other's
     timings. None where PyTorch or its CUDA is missing, or MLXR_BENCH_TORCH=0."""
-    if os.environ.get("MLXR_BENCH_TORCH") == "0":
+    if os.environ.get("MLXR_BENCH_TORCH") == "0" or not argv:
         return []
-    cmd = [
-        sys.executable, "-m", "mlxrtools.torch_baselines", "--json",
-        "--shapes", shapes, "--dtypes", dtypes, "--repeats", str(repeats),
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "mlxrtools.torch_baselines", "--json", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
         print(f"PyTorch baselines skipped: {tail[0] if tail else proc.returncode}", flush=True)
         return []
-    return [
-        Row((r["shape"][0], r["shape"][1]), r["dtype"], r["case"], r["seconds"], r["bytes"])
-        for r in json.loads(proc.stdout)
-    ]
+    return json.loads(proc.stdout)
 
 
-def bench_shape(
-    rows: int, hidden: int, dtype_name: str, device: mx.Device, repeats: int
-) -> list[Row]:
-    dtype = DTYPES[dtype_name]
-    s = mx.default_stream(device)
-    x = mx.random.normal((rows, hidden)).astype(dtype)
-    r = mx.random.normal((rows, hidden)).astype(dtype)
-    w = mx.random.normal((hidden,)).astype(dtype)
-    mx.eval(x, r, w)
-    n = x.nbytes
-
-    def upstream_residual() -> list[mx.array]:
-        h = mx.add(x, r, stream=s)
-        return [mx.fast.rms_norm(h, w, EPS, stream=s), h]
-
-    cases: list[tuple[str, Callable[[], list[mx.array]], int]] = [
-        (FUSED, lambda: [mx.fast.rmsnorm_fused(x, w, EPS, stream=s)], 2 * n),
-        (UPSTREAM, lambda: [mx.fast.rms_norm(x, w, EPS, stream=s)], 2 * n),
-        (FUSED_RES, lambda: list(mx.fast.rmsnorm_fused(x, w, EPS, residual=r, stream=s)), 4 * n),
-        (UPSTREAM_RES, upstream_residual, 4 * n),
-    ]
-    result = [
-        Row((rows, hidden), dtype_name, name, median_seconds(fn, repeats, s), moved)
-        for name, fn, moved in cases
-    ]
-    if device != mx.gpu:
-        # The machine's bandwidth limit for the bytes rms_norm moves: read n, write n.
-        result.append(Row((rows, hidden), dtype_name, COPY, numpy_copy_seconds(n, repeats), 2 * n))
-    return result
-
-
-def markdown(rows: list[Row], machine: str) -> str:
-    lines = [
-        f"Machine: {machine}",
-        "",
-        "| shape | dtype | case | time (µs) | GB/s | share of copy | speed-up vs baseline |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    by_key: dict[tuple[tuple[int, int], str], dict[str, Row]] = {}
-    for row in rows:
-        by_key.setdefault((row.shape, row.dtype), {})[row.case] = row
-    for (shape, dtype), cases in by_key.items():
-        copy = cases.get(DEVICE_COPY) or cases.get(COPY)
-        for row in cases.values():
-            base = cases[BASELINE[row.case]]
-            share = f"{row.gbps / copy.gbps:.0%}" if copy else "–"
-            lines.append(
-                f"| {shape[0]}×{shape[1]} | {dtype} | {row.case} | {row.seconds * 1e6:,.1f} "
-                f"| {row.gbps:,.1f} | {share} | {base.seconds / row.seconds:.2f}× vs {base.case} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def sweep(dtypes: list[str], device: mx.Device, repeats: int, elements: int = 1 << 22) -> list[Row]:
-    """GB/s against hidden size, at a fixed number of elements per call."""
-    rows = []
-    for dtype in dtypes:
-        for hidden in (256, 1024, 4096, 16384, 65536):
-            rows += bench_shape(max(elements // hidden, 1), hidden, dtype, device, repeats)
-    return rows
+def torch_rows(records: list[dict[str, Any]]) -> tuple[list[Row], list[BackwardRow]]:
+    """The runner's JSON records as forward rows and backward rows."""
+    forward, backward = [], []
+    for r in records:
+        shape = (r["shape"][0], r["shape"][1])
+        if r["kind"] == "backward":
+            fields = (r["form"], r["case"], r["seconds"], r["bytes"], r["peak_bytes"])
+            backward.append(BackwardRow(shape, r["dtype"], *fields))
+        else:
+            forward.append(Row(shape, r["dtype"], r["case"], r["seconds"], r["bytes"]))
+    return forward, backward
 
 
 def chart(rows: list[Row], machine: str, path: Path) -> None:
@@ -192,65 +276,70 @@ def chart(rows: list[Row], machine: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def machine_name(device: str, cache_limit_mb: int | None) -> str:
-    if device == "gpu":
-        info = mx.device_info() if hasattr(mx, "device_info") else {}
-        name = info.get("device_name") or info.get("architecture") or "GPU"
-        return f"{name}; gpu stream; mlx {mx.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores"
-    cache = (
-        "MLX's default buffer cache"
-        if cache_limit_mb is None
-        else f"buffer cache limit {cache_limit_mb} MB"
-    )
-    return f"{system}; {device} stream; mlx {mx.__version__}; {cache}"
+def report(
+    machine: str, forward: list[Row], backward: list[BackwardRow], train: list[TrainRow]
+) -> str:
+    """The tables of the cases that ran; the forward one, as before, names the machine."""
+    parts = [markdown(forward, machine) if forward else f"Machine: {machine}\n"]
+    if backward:
+        parts.append(backward_markdown(backward))
+    if train:
+        parts.append(train_markdown(train))
+    return "\n".join(parts)
+
+
+def train_spec(args: argparse.Namespace) -> tuple[int, int, int, str]:
+    """Tokens, hidden size, blocks and dtype of the training step."""
+    return args.train_tokens, args.train_hidden, args.train_blocks, args.train_dtype
+
+
+def write_results(out_dir: Path, device: str, text: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"bench-{device}.md").write_text(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    add_case_options(p)
+    p.add_argument("--out-dir", type=Path, help="write bench-<device>.md (and .png) here")
+    args = p.parse_args(argv)
+    resolve_device_defaults(args, args.device)
+    return args
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--shapes", default="4096x4096,8x4096,1x4096")
-    p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument(
-        "--cache-limit-mb",
-        type=int,
-        default=None,
-        help="MLX buffer cache limit; large outputs skip the default cache and page-fault",
+    args = parse_args()
+    from . import bench_mlx  # MLX only here, in the wheel's venv
+
+    device, machine = bench_mlx.setup(args.device, args.cache_limit_mb)
+    run = set(args.cases)
+    forward = (
+        bench_mlx.forward_rows(args.shapes, args.dtypes, device, args.repeats)
+        if "forward" in run
+        else []
     )
-    p.add_argument("--sweep", action="store_true", help="also sweep hidden sizes for a chart")
-    p.add_argument("--out-dir", type=Path, help="write bench-<device>.md (and .png) here")
-    args = p.parse_args()
-    if args.cache_limit_mb is not None:
-        mx.set_cache_limit(args.cache_limit_mb << 20)
-    device = mx.cpu if args.device == "cpu" else mx.gpu
-    machine = machine_name(args.device, args.cache_limit_mb)
-    rows: list[Row] = []
-    dtypes = args.dtypes.split(",")
-    for spec in args.shapes.split(","):
-        n_rows, hidden = (int(v) for v in spec.lower().split("x"))
-        for dtype in dtypes:
-            rows += bench_shape(n_rows, hidden, dtype, device, args.repeats)
-    if device == mx.gpu:
-        rows += torch_rows(args.shapes, args.dtypes, args.repeats)
-    table = markdown(rows, machine)
-    print(table)
-    swept = sweep(dtypes, device, args.repeats) if args.sweep else []
+    backward = (
+        bench_mlx.backward_rows(args.backward_shapes, args.dtypes, device, args.repeats)
+        if "backward" in run
+        else []
+    )
+    train = (
+        [bench_mlx.bench_train(*train_spec(args), device, args.train_repeats)]
+        if "train" in run
+        else []
+    )
+    if args.device == "gpu":
+        torch_forward, torch_backward = torch_rows(torch_records(torch_argv(args)))
+        forward, backward = forward + torch_forward, backward + torch_backward
+    text = report(machine, forward, backward, train)
+    print(text)
+    swept = bench_mlx.sweep(args.dtypes, device, args.repeats) if args.sweep else []
     if swept:
         print(markdown(swept, machine))
+        text += "\n" + markdown(swept, machine)
     if args.out_dir:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        text = table + ("\n" + markdown(swept, machine) if swept else "")
-        (args.out_dir / f"bench-{args.device}.md").write_text(text)
+        write_results(args.out_dir, args.device, text)
         if swept:
             chart(swept, machine, args.out_dir / f"bench-{args.device}.png")
 

@@ -1,26 +1,45 @@
 """PyTorch baselines for the GPU benchmark, in a process of their own.
 
 PyTorch and MLX's CUDA backend each bring their own CUDA libraries, allocator
-and streams, so the baselines (F.rms_norm, torch.compile of add + rms_norm
-returning both outputs, and a device-to-device copy) run here, apart from MLX,
-on the same card and in the same bench run as the MLX cases. Times are
-CUDA-event medians of batches of calls.
+and streams, so the baselines run here, apart from MLX, on the same card and in
+the same bench run as the MLX cases. Forward: F.rms_norm, torch.compile of
+add + rms_norm returning both outputs, and a device-to-device copy. Backward:
+autograd of F.rms_norm and of add + F.rms_norm, the forward built once and its
+graph kept, so that only the gradients are timed, plus the copy again. Times
+are CUDA-event medians of batches of calls; peak memory is
+torch.cuda.max_memory_allocated over one backward.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .bench_report import (
+    COPY_FORM,
+    DEVICE_COPY,
+    PLAIN,
+    RESIDUAL,
+    TORCH,
+    TORCH_COMPILE_RES,
+    TORCH_RES_VJP,
+    TORCH_VJP,
+    Shape,
+    backward_bytes,
+    forward_bytes,
+)
+from .benchmark import case_list, dtype_list, format_shapes, positive, shape_list
 
 EPS = 1e-6
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def median_us(fn, repeats: int, batch: int = 20) -> float:  # type: ignore[no-untyped-def]
+def median_us(fn: Callable[[], Any], repeats: int, batch: int = 20) -> float:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -36,19 +55,36 @@ def median_us(fn, repeats: int, batch: int = 20) -> float:  # type: ignore[no-un
     return sorted(times)[len(times) // 2]
 
 
+def peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak allocated memory over one call, counting what is resident before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
 class Case(NamedTuple):
-    shape: tuple[int, int]
+    shape: Shape
     dtype: str
     case: str
     seconds: float
     bytes: int
+    kind: str = "forward"
+    form: str = ""
+    peak_bytes: int | None = None
 
 
-def bench(rows: int, hidden: int, name: str, repeats: int) -> list[Case]:
+def inputs(shape: Shape, name: str, count: int) -> list[torch.Tensor]:
+    """`count` tensors of the shape, then a weight of the hidden size."""
     dtype = DTYPES[name]
-    x = torch.randn(rows, hidden, device="cuda", dtype=dtype)
-    r = torch.randn(rows, hidden, device="cuda", dtype=dtype)
-    w = torch.randn(hidden, device="cuda", dtype=dtype)
+    tensors = [torch.randn(*shape, device="cuda", dtype=dtype) for _ in range(count)]
+    return [*tensors, torch.randn(shape[1], device="cuda", dtype=dtype)]
+
+
+def forward(shape: Shape, name: str, repeats: int) -> list[Case]:
+    x, r, w = inputs(shape, name, 2)
+    hidden = shape[1]
     dst = torch.empty_like(x)
     n = x.numel() * x.element_size()
 
@@ -58,38 +94,89 @@ def bench(rows: int, hidden: int, name: str, repeats: int) -> list[Case]:
 
     compiled = torch.compile(add_rms_norm)
     cases = [
-        ("torch F.rms_norm", lambda: F.rms_norm(x, (hidden,), w, EPS), 2 * n),
-        ("torch.compile(x + r, rms_norm)", lambda: compiled(x, r, w), 4 * n),
-        ("device-to-device copy of the same bytes", lambda: dst.copy_(x), 2 * n),
+        (TORCH, lambda: F.rms_norm(x, (hidden,), w, EPS), forward_bytes(False, n)),
+        (TORCH_COMPILE_RES, lambda: compiled(x, r, w), forward_bytes(True, n)),
+        (DEVICE_COPY, lambda: dst.copy_(x), 2 * n),
     ]
     return [
-        Case((rows, hidden), name, case, median_us(fn, repeats) * 1e-6, moved)
-        for case, fn, moved in cases
+        Case(shape, name, case, median_us(fn, repeats) * 1e-6, moved) for case, fn, moved in cases
     ]
+
+
+def gradients(
+    form: str, tensors: list[torch.Tensor], hidden: int
+) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """Build the forward of a form once; the call computes its gradients,
+    keeping the graph for the next call."""
+    x, r, g, gh, w = tensors
+    if form == PLAIN:
+        y = F.rms_norm(x, (hidden,), w, EPS)
+        return lambda: torch.autograd.grad(y, (x, w), g, retain_graph=True)
+    h = x + r
+    y = F.rms_norm(h, (hidden,), w, EPS)
+    return lambda: torch.autograd.grad((y, h), (x, r, w), (g, gh), retain_graph=True)
+
+
+def backward(shape: Shape, name: str, repeats: int) -> list[Case]:
+    """Autograd's gradients of x (and r) and of the weight, given cotangents;
+    each form's graph is freed before the next is built."""
+    tensors = inputs(shape, name, 4)
+    for t in (tensors[0], tensors[1], tensors[4]):
+        t.requires_grad_(True)
+    n = tensors[0].numel() * tensors[0].element_size()
+    rows = []
+    for form, case in ((PLAIN, TORCH_VJP), (RESIDUAL, TORCH_RES_VJP)):
+        fn = gradients(form, tensors, shape[1])
+        seconds = median_us(fn, repeats) * 1e-6
+        moved = backward_bytes(form, n)
+        rows.append(Case(shape, name, case, seconds, moved, "backward", form, peak_bytes(fn)))
+    dst = torch.empty_like(tensors[2])
+    seconds = median_us(lambda: dst.copy_(tensors[2]), repeats) * 1e-6
+    moved = backward_bytes(COPY_FORM, n)
+    return [*rows, Case(shape, name, DEVICE_COPY, seconds, moved, "backward", COPY_FORM)]
+
+
+def run(args: argparse.Namespace) -> list[Case]:
+    rows = []
+    if "forward" in args.cases:
+        rows += [c for s in args.shapes for d in args.dtypes for c in forward(s, d, args.repeats)]
+    if "backward" in args.cases:
+        shapes = args.backward_shapes
+        rows += [c for s in shapes for d in args.dtypes for c in backward(s, d, args.repeats)]
+    return rows
+
+
+def table(rows: list[Case]) -> str:
+    lines = [
+        f"Card: {torch.cuda.get_device_name()}; torch {torch.__version__}",
+        "",
+        "| kind | shape | dtype | case | time (µs) | GB/s | peak memory (MiB) |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        us = row.seconds * 1e6
+        peak = "–" if row.peak_bytes is None else f"{row.peak_bytes / (1 << 20):,.0f}"
+        lines.append(
+            f"| {row.kind} | {format_shapes([row.shape])} | {row.dtype} | {row.case} "
+            f"| {us:,.1f} | {row.bytes / us / 1e3:,.1f} | {peak} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--shapes", default="16384x8192")
-    p.add_argument("--dtypes", default="bfloat16")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--cases", type=case_list, default=["forward", "backward"])
+    p.add_argument("--shapes", type=shape_list, default=shape_list("16384x8192"))
+    p.add_argument("--backward-shapes", type=shape_list, default=shape_list("16384x8192"))
+    p.add_argument("--dtypes", type=dtype_list, default=["bfloat16"])
+    p.add_argument("--repeats", type=positive, default=20)
     p.add_argument("--json", action="store_true", help="print JSON rows, not a table")
     args = p.parse_args()
-    rows = []
-    for spec in args.shapes.split(","):
-        n_rows, hidden = (int(v) for v in spec.lower().split("x"))
-        for name in args.dtypes.split(","):
-            rows += bench(n_rows, hidden, name, args.repeats)
+    rows = run(args)
     if args.json:
         print(json.dumps([row._asdict() for row in rows]))
         return
-    print(f"Card: {torch.cuda.get_device_name()}; torch {torch.__version__}\n")
-    print("| shape | dtype | case | time (µs) | GB/s |")
-    print("| --- | --- | --- | ---: | ---: |")
-    for row in rows:
-        us = row.seconds * 1e6
-        shape = f"{row.shape[0]}×{row.shape[1]}"
-        print(f"| {shape} | {row.dtype} | {row.case} | {us:,.1f} | {row.bytes / us / 1e3:,.1f} |")
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The bench table: ratios and shares of copy come from cases of the same run."""
 
-from mlxrtools.benchmark import (
+from mlxrtools.bench_report import (
     DEVICE_COPY,
     FUSED,
     FUSED_RES,
@@ -8,8 +8,8 @@ from mlxrtools.benchmark import (
     UPSTREAM_RES,
     Row,
     markdown,
-    torch_rows,
 )
+from mlxrtools.benchmark import torch_records
 
 
 def line_of(table: str, case: str) -> list[str]:
@@ -38,6 +38,17 @@ def test_shares_and_speed_ups_use_the_device_copy_of_the_same_shape() -> None:
     assert line_of(table, DEVICE_COPY)[5] == "100%"
 
 
+def test_the_forward_table_keeps_its_format() -> None:
+    table = markdown([Row((4, 8), "float32", UPSTREAM, 1e-6, 2000)], "test machine")
+    assert table.splitlines() == [
+        "Machine: test machine",
+        "",
+        "| shape | dtype | case | time (µs) | GB/s | share of copy | speed-up vs baseline |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| 4×8 | float32 | mx.fast.rms_norm | 1.0 | 2.0 | – | 1.00× vs mx.fast.rms_norm |",
+    ]
+
+
 def test_pytorch_baselines_can_be_switched_off(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("MLXR_BENCH_TORCH", "0")
-    assert torch_rows("1x4096", "bfloat16", 1) == []
+    assert torch_records(["--cases", "forward", "--shapes", "1x4096"]) == []
