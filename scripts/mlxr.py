@@ -81,7 +81,7 @@ def cmd_bump(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from mlxrtools.build import build
+    from mlxrtools.build import DepsOptions, build
 
     build(
         default_layout(),
@@ -90,7 +90,22 @@ def cmd_build(args: argparse.Namespace) -> int:
         force=args.force,
         source=args.source,
         cuda_archs=args.cuda_archs,
+        deps=DepsOptions(args.deps_from, args.nvtx_from_toolkit),
+        wheel_dir=args.wheel_dir,
+        label=not args.no_label,
     )
+    return 0
+
+
+def cmd_deps(args: argparse.Namespace) -> int:
+    from mlxrtools.dependencies import list_pins, pack_pins
+
+    layout = default_layout()
+    if args.pack is not None:
+        for archive in pack_pins(layout, args.backend, args.pack, args.nvtx_from_toolkit):
+            print(f"mlxr deps: wrote {archive}")
+        return 0
+    print(list_pins(layout, args.backend))
     return 0
 
 
@@ -221,7 +236,59 @@ def parser() -> argparse.ArgumentParser:
         help="build this prepared MLX tree as it is (a `git archive` of build/mlx-src "
         "carried to a machine without the submodule) instead of applying the series",
     )
+    b.add_argument(
+        "--wheel-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the wheel here instead of wheels/ (its other mlx wheels are removed)",
+    )
+    b.add_argument(
+        "--no-label",
+        action="store_true",
+        help="with --source: no +mlxr version label (for an unpatched baseline tree)",
+    )
+    b.add_argument(
+        "--deps-from",
+        type=Path,
+        metavar="DIR",
+        help="take upstream's pinned dependencies from archives that `deps --pack DIR` "
+        "wrote (for a machine with neither network nor mirrors)",
+    )
+    b.add_argument(
+        "--nvtx-from-toolkit",
+        action="store_true",
+        help="use the CUDA toolkit's NVTX headers instead of NVTX at upstream's pin, "
+        "where that release cannot be had (the build says so)",
+    )
     b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser(
+        "deps",
+        help="list upstream's pinned dependencies, or pack them for an offline machine",
+        description="Upstream's CMake fetches its dependencies at configure time. The build "
+        "supplies each at exactly the tag or commit upstream pins, exported from git "
+        "(a mirror through `git config url.<mirror>.insteadOf <url>` offline, GitHub "
+        "online), checks its version header, and caches it in ~/.cache/mlxr/deps. "
+        "Without --pack: list each pin and whether it can be had here.",
+    )
+    d.add_argument(
+        "--backend",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="whose dependencies (default: cpu)",
+    )
+    d.add_argument(
+        "--pack",
+        type=Path,
+        metavar="DIR",
+        help="write one .tar.xz per pinned source into DIR, for `build --deps-from DIR`",
+    )
+    d.add_argument(
+        "--nvtx-from-toolkit",
+        action="store_true",
+        help="leave NVTX out of the pack, for `build --nvtx-from-toolkit`",
+    )
+    d.set_defaults(func=cmd_deps)
 
     t = sub.add_parser(
         "test",

@@ -14,10 +14,12 @@ import tempfile
 import time
 import tomllib
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from .cuda_deps import HEADER_PACKAGES, cuda_cmake_args
-from .deps import ensure_requirements, find_header
+from . import pinned_deps
+from .cuda_deps import cuda_cmake_args, toolkit_nvtx
+from .deps import ensure_requirements
 from .gitcmd import git
 from .layout import Layout
 from .tree import apply, unexported_work
@@ -34,15 +36,6 @@ def mlxr_version(layout: Layout) -> str:
 
 def local_label(layout: Layout) -> str:
     return "mlxr" + mlxr_version(layout)
-
-
-def nanobind_version(tree: Path) -> str:
-    """The nanobind release upstream's CMakeLists pins, taken from PyPI instead."""
-    text = (tree / "CMakeLists.txt").read_text()
-    match = re.search(r"nanobind\.git\s+GIT_TAG\s+v([0-9.]+)", text)
-    if not match:
-        raise RuntimeError("cannot find the nanobind version in CMakeLists.txt")
-    return match.group(1)
 
 
 def venv_python(venv: Path) -> Path:
@@ -66,22 +59,18 @@ def _cmake_version(cmake: str) -> tuple[int, ...]:
     return tuple(int(v) for v in match.groups()) if match else (0,)
 
 
-def ensure_build_venv(layout: Layout, tree: Path, backend: str = "cpu") -> Path:
-    wanted = [*BUILD_REQUIREMENTS, *build_tools(), f"nanobind=={nanobind_version(tree)}"]
-    # Only the headers of these are needed, not their Python runtimes.
-    headers_only = list(HEADER_PACKAGES) if backend == "cuda" else []
+def ensure_build_venv(layout: Layout) -> Path:
+    wanted = [*BUILD_REQUIREMENTS, *build_tools()]
     venv = layout.build_venv
     stamp = venv / "mlxr-requirements.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == wanted + headers_only:
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return venv_python(venv)
-    print(f"mlxr build: preparing the build venv ({', '.join(wanted + headers_only)})", flush=True)
+    print(f"mlxr build: preparing the build venv ({', '.join(wanted)})", flush=True)
     if not venv_python(venv).exists():
         make_venv(venv)
     pip = [str(venv_python(venv)), "-m", "pip", "install", "-q", "--upgrade"]
     subprocess.run([*pip, *wanted], check=True)
-    if headers_only:
-        subprocess.run([*pip, "--no-deps", *headers_only], check=True)
-    stamp.write_text(json.dumps(wanted + headers_only))
+    stamp.write_text(json.dumps(wanted))
     return venv_python(venv)
 
 
@@ -128,35 +117,80 @@ def check_shared_libstdcxx(wheel: Path) -> None:
         )
 
 
-def local_json_source(layout: Layout) -> Path | None:
-    """A FetchContent source dir for json made from the system's nlohmann headers."""
-    header = find_header("nlohmann/json.hpp")
-    if header is None:
-        return None
-    src = layout.build / "deps" / "json"
-    link = src / "single_include" / "nlohmann"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.is_symlink() or link.resolve() != header.parent.resolve():
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(header.parent)
-    return src
+@dataclass(frozen=True)
+class DepsOptions:
+    """Where upstream's pinned dependencies come from."""
+
+    archives: Path | None = None  # a folder written by `mlxr.py deps --pack`
+    nvtx_from_toolkit: bool = False
 
 
-def cmake_args(layout: Layout, python: Path, backend: str, cuda_archs: str = "native") -> list[str]:
-    nanobind_dir = subprocess.run(
-        [str(python), "-m", "nanobind", "--cmake_dir"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    args = [
-        # gguflib is fetched from GitHub at configure time and has no package.
-        "-DMLX_BUILD_GGUF=OFF",
-        "-DUSE_SYSTEM_FMT=ON",
-        "-DFETCHCONTENT_TRY_FIND_PACKAGE_MODE=ALWAYS",
-        f"-Dnanobind_DIR={nanobind_dir}",
-    ]
-    json_src = local_json_source(layout)
-    if json_src is not None:
-        args.append(f"-DFETCHCONTENT_SOURCE_DIR_JSON={json_src}")
+def pinned_sources(layout: Layout, tree: Path, backend: str, deps: DepsOptions) -> dict[str, Path]:
+    """Each FetchContent dependency of the tree at upstream's pin, by name."""
+    sources = {}
+    for pin in pinned_deps.pins_for(tree, backend):
+        if pin.name == "nvtx3" and deps.nvtx_from_toolkit:
+            print(
+                f"mlxr build: NVTX from the CUDA toolkit, not upstream's pin {pin.ref} "
+                "(--nvtx-from-toolkit)",
+                flush=True,
+            )
+            sources[pin.name] = toolkit_nvtx(layout)
+        elif deps.archives is not None:
+            sources[pin.name] = pinned_deps.unpack(pin, deps.archives, layout.build / "deps")
+        else:
+            sources[pin.name] = pinned_deps.prepare(pin, log=lambda m: print(f"mlxr build: {m}"))
+    return sources
+
+
+# The dependency headers a CUDA wheel ships for MLX's run-time compiler.
+_BUNDLED_HEADERS = {
+    "cccl": "mlx/include/cccl/cuda/std/__cccl/version.h",
+    "cutlass": "mlx/include/cutlass/version.h",
+}
+
+
+def bundled_versions(wheel: Path) -> dict[str, str]:
+    """The versions of the headers the wheel bundles, read from the headers."""
+    found = {}
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        for name, rel in _BUNDLED_HEADERS.items():
+            if rel in names:
+                version = pinned_deps.parse_version(name, whl.read(rel).decode(errors="replace"))
+                if version:
+                    found[name] = version
+    return found
+
+
+def check_bundled_versions(wheel: Path, tree: Path) -> None:
+    """Fail where the wheel bundles other versions of its JIT headers than the pins."""
+    pins = {p.name: p for p in pinned_deps.pins_for(tree, "cuda")}
+    bundled = bundled_versions(wheel)
+    for name in _BUNDLED_HEADERS:
+        wanted = pinned_deps.pinned_version(pins[name])
+        if bundled.get(name) != wanted:
+            raise RuntimeError(
+                f"{wheel.name} bundles {name} {bundled.get(name, '(none)')} for MLX's run-time "
+                f"compiler, but upstream pins {pins[name].ref}"
+            )
+    print(
+        "mlxr build: bundled "
+        + ", ".join(f"{n} {v}" for n, v in sorted(bundled.items()))
+        + " (upstream's pins)",
+        flush=True,
+    )
+
+
+def cmake_args(
+    layout: Layout,
+    tree: Path,
+    backend: str,
+    cuda_archs: str = "native",
+    deps: DepsOptions | None = None,
+) -> list[str]:
+    sources = pinned_sources(layout, tree, backend, deps or DepsOptions())
+    args = pinned_deps.source_dir_args(sources)
     if shutil.which("ccache"):
         # setup.py sets CCACHE_BASEDIR to its build dir; the repo root instead lets
         # every clone of this repo (and the pristine baseline tree) share hits.
@@ -166,10 +200,13 @@ def cmake_args(layout: Layout, python: Path, backend: str, cuda_archs: str = "na
             f"-DCMAKE_C_COMPILER_LAUNCHER={launcher}",
             f"-DCMAKE_CXX_COMPILER_LAUNCHER={launcher}",
         ]
+        if backend == "cuda":
+            # nvcc does most of a CUDA build's work, and ccache caches it too.
+            args.append(f"-DCMAKE_CUDA_COMPILER_LAUNCHER={launcher}")
     if backend == "cpu" and platform.system() == "Darwin":
         args.append("-DMLX_BUILD_METAL=OFF")
     if backend == "cuda":
-        args += cuda_cmake_args(layout, python, cuda_archs)
+        args += cuda_cmake_args(cuda_archs)
     return args
 
 
@@ -225,12 +262,13 @@ def build_wheel(
     jobs: int | None = None,
     force: bool = False,
     cuda_archs: str = "native",
+    deps: DepsOptions | None = None,
 ) -> Path:
     """Build the tree's wheel into out_dir unless a wheel of the same inputs is there."""
     backend = resolve_backend(backend)
     ensure_requirements()
-    python = ensure_build_venv(layout, tree, backend)
-    args = cmake_args(layout, python, backend, cuda_archs)
+    python = ensure_build_venv(layout)
+    args = cmake_args(layout, tree, backend, cuda_archs, deps)
     state = tree_state(tree)
     force = force or state is None
     key_src = json.dumps(
@@ -250,7 +288,6 @@ def build_wheel(
         print(f"mlxr build: {wheels[0].name} is up to date")
         return wheels[0]
 
-    print("mlxr build: GGUF support is off: its gguflib source cannot be fetched offline")
     print(f"mlxr build: {backend} wheel from {tree}", flush=True)
     env = {
         **os.environ,
@@ -298,6 +335,8 @@ def build_wheel(
     target = out_dir / built[0].name
     shutil.move(built[0], target)
     check_shared_libstdcxx(target)
+    if backend == "cuda":
+        check_bundled_versions(target, tree)
     stamp.write_text(json.dumps({"key": key, "wheel": target.name}) + "\n")
     print(f"mlxr build: {target}")
     return target
@@ -310,13 +349,17 @@ def build(
     force: bool = False,
     source: Path | None = None,
     cuda_archs: str = "native",
+    deps: DepsOptions | None = None,
+    wheel_dir: Path | None = None,
+    label: bool = True,
 ) -> Path:
+    out_dir = wheel_dir or layout.wheels
     if source is not None:
         # A prepared tree, e.g. `git archive` of build/mlx-src carried to a
         # machine without the submodule: built as it is, every time.
         return build_wheel(
-            layout, source.resolve(), layout.wheels, local_label(layout), backend, jobs,
-            force=True, cuda_archs=cuda_archs,
+            layout, source.resolve(), out_dir, local_label(layout) if label else None, backend,
+            jobs, force=True, cuda_archs=cuda_archs, deps=deps,
         )  # fmt: skip
     pending = unexported_work(layout)
     if pending:
@@ -330,5 +373,5 @@ def build(
     else:
         tree = apply(layout, quiet=True)
     return build_wheel(
-        layout, tree, layout.wheels, local_label(layout), backend, jobs, force, cuda_archs
+        layout, tree, out_dir, local_label(layout), backend, jobs, force, cuda_archs, deps
     )

@@ -44,13 +44,6 @@ def requirements(with_ccache: bool = True) -> list[Requirement]:
     reqs = [
         Requirement("a C++20 compiler (g++)", "g++", None, shutil.which("c++") is not None),
         Requirement("git", "git", "git", shutil.which("git") is not None),
-        Requirement(
-            "nlohmann/json headers",
-            "nlohmann-json3-dev",
-            "nlohmann-json",
-            find_header("nlohmann/json.hpp") is not None,
-        ),
-        Requirement("fmt headers", "libfmt-dev", "fmt", find_header("fmt/format.h") is not None),
     ]
     if not on_mac:
         # macOS uses Accelerate for BLAS and LAPACK.

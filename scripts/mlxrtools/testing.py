@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from .build import build, build_wheel, cmake_args, ensure_build_venv, make_venv, venv_python
+from .build import build, build_wheel, cmake_args, make_venv, venv_python
 from .install import install_wheel
 from .layout import Layout, cache_home
 from .upstream_suite import (
@@ -38,8 +38,7 @@ def fresh_venv(path: Path, requirements: tuple[str, ...] = TEST_REQUIREMENTS) ->
 
 def options_key(layout: Layout) -> str:
     """The build options of both wheels, without machine-specific paths."""
-    python = ensure_build_venv(layout, layout.applied_tree)
-    args = cmake_args(layout, python, "cpu")
+    args = cmake_args(layout, layout.applied_tree, "cpu")
     return json.dumps([a.replace(str(layout.root), "<root>") for a in args])
 
 
