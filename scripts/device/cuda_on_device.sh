@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Build, test and benchmark the CUDA wheel on a Linux machine with an NVIDIA GPU
+# and no network (the lent H100/H200 machines), from what
+# scripts/device/pack_cuda.sh packed into .device/ and .whl/. The machine's own
+# Python serves the tests (numpy, pytest, hypothesis, transformers are there);
+# only our wheels and mlx-lm are installed, into folders on PYTHONPATH.
+# Usage: scripts/device/cuda_on_device.sh STAGE... [--archs 90a-real] [--nvtx-from-toolkit]
+# Stages, run in the order given:
+#   build     our CUDA wheel into wheels/ (about 6 minutes with 16 cores)
+#   baseline  the unpatched tree's CUDA wheel, same pin and options, into .device/baseline/
+#   test      tests/wheel on the GPU (all but test_install.py, which needs PyPI)
+#   suite     upstream's python/tests on the GPU against both wheels, compared
+#   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
+#   save      our wheel, split in 15 MB parts, to $OUT/wheel.* for a later call
+# Logs and tables go to $OUT (the device tool's output folder) or build/device.
+set -euo pipefail
+trap 'echo "cuda_on_device.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
+cd "$(dirname "$0")/../.."
+archs=90a-real
+nvtx=()
+stages=()
+while (($#)); do
+  case $1 in
+    --archs) archs=$2; shift 2 ;;
+    --nvtx-from-toolkit) nvtx=(--nvtx-from-toolkit); shift ;;
+    build | baseline | test | suite | bench | save) stages+=("$1"); shift ;;
+    *) echo "cuda_on_device.sh: unknown stage or option: $1" >&2; exit 2 ;;
+  esac
+done
+out=${OUT:-build/device}
+mkdir -p "$out"
+out=$(realpath "$out")
+export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl" PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+machine() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 --version
+  nvcc --version | tail -1
+  g++ --version | head -1
+  cmake --version | head -1
+}
+
+tree() { # unpack .device/NAME.tar.xz once
+  local dir=.device/$1
+  if [[ ! -f $dir/CMakeLists.txt ]]; then
+    mkdir -p "$dir"
+    tar -xJf ".device/$1.tar.xz" -C "$dir"
+  fi
+  echo "$dir"
+}
+
+build() { # TREE WHEEL_DIR [BUILD OPTIONS]
+  local src=$1 dir=$2
+  shift 2
+  python3 scripts/mlxr.py build --backend cuda --cuda-archs "$archs" --source "$src" \
+    --deps-from .device/deps --wheel-dir "$dir" "${nvtx[@]}" "$@" 2>&1 |
+    tee "$out/build-$(basename "$src").log" | grep -E "^mlxr|error|FAILED" || true
+  ls "$dir"/mlx-*.whl
+}
+
+ours() { ls wheels/mlx-*.whl; }
+
+site() { # DIR WHEEL...: install wheels, without their needs, into DIR
+  local dir=$1
+  shift
+  [[ -d $dir/mlx ]] || python3 -m pip install -q --no-deps --target "$dir" "$@"
+  echo "$dir"
+}
+
+failed=""
+for stage in "${stages[@]}"; do
+  echo "== $stage ($(date +%T))"
+  case $stage in
+    build)
+      machine | tee "$out/machine.txt"
+      build "$(tree mlx-src)" wheels
+      ;;
+    baseline)
+      build "$(tree mlx-pristine)" .device/baseline --no-label
+      ;;
+    test)
+      lib=$(site /tmp/site-ours "$(ours)" .whl/mlx_lm-*.whl)
+      PYTHONPATH=$lib MLXR_TEST_DEVICE=gpu MLXR_WHEEL=$(ours) timeout "${TEST_TIMEOUT:-300}" \
+        python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/wheel \
+        --ignore=tests/wheel/test_install.py --junitxml="$out/tests.xml" \
+        >"$out/tests.log" 2>&1 || failed+=" test"
+      tail -15 "$out/tests.log"
+      ;;
+    suite)
+      # Both suites at once on the one GPU: they are small and mostly host-bound.
+      for which in ours baseline; do
+        if [[ $which == ours ]]; then
+          src=$(tree mlx-src) lib=$(site /tmp/site-ours "$(ours)")
+        else
+          src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline .device/baseline/mlx-*.whl)
+        fi
+        (cd "$src/python/tests" && PYTHONPATH=$lib timeout "${SUITE_TIMEOUT:-420}" python3 -m pytest \
+          -q -p no:cacheprovider --no-header -o addopts= --rootdir=. \
+          --junitxml="$out/suite-$which.xml" . >"$out/suite-$which.log" 2>&1) &
+      done
+      wait || true
+      python3 scripts/device/compare_suites.py "$out/suite-ours.xml" "$out/suite-baseline.xml" \
+        --out "$out/suite.md" || failed+=" suite"
+      ;;
+    bench)
+      timeout "${BENCH_TIMEOUT:-420}" python3 scripts/mlxr.py bench --backend cuda --wheel "$(ours)" \
+        --repeats 15 --shapes 16384x8192,32768x4096,32x4096,1x4096 --dtypes bfloat16,float32 \
+        2>&1 | tee "$out/bench.log" || failed+=" bench"
+      cp build/results/bench-gpu.md "$out/" || true
+      ;;
+    save)
+      w=$(ours)
+      basename "$w" >"$out/name"
+      split -b 15M -d "$w" "$out/wheel."
+      ;;
+  esac
+done
+if [[ -n $failed ]]; then
+  echo "failed:$failed"
+  exit 1
+fi
