@@ -1,11 +1,14 @@
 // Runs the mlxr Metal kernels on the CPU under the shim in shim/metal_shim.h.
 //
-//   harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR
+//   harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS]
 //     FAMILY fwd|vjp, DTYPE float32|float16|bfloat16, ORDER forward|reverse|
-//     simdgroup0_last. Reads x, r, w (fwd) or h, w, dy, dh_in (vjp) as raw
-//     arrays from DIR and writes out, h (fwd) or dh, dw_rows (vjp) there.
+//     simdgroup0_last|simdgroup_eager. Reads x, r, w (fwd) or h, w, dy, dh_in
+//     (vjp) as raw arrays from DIR and writes out, h (fwd) or dh, and with a
+//     weight the float32 partials dw_partials and their sum dw (vjp) there.
+//     GROUPS replaces the backward's target number of row groups
+//     (RMS_FUSED_VJP_GROUPS), so that short tests get several rows per group.
 //   harness geometry AXIS ROWS MAX_THREADS
-//     Prints the launch that eval_gpu would use, as key=value pairs.
+//     Prints the launches that eval_gpu would use, as key=value pairs.
 //
 // The kernel source comes in through MLXR_KERNEL_SOURCE and the launch
 // geometry from the overlay's rms_norm_fused.h, the same function eval_gpu
@@ -14,6 +17,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <type_traits>
 
 #include "mlx/backend/metal/rms_norm_fused.h"
 // After every standard header: the shim defines Metal's address-space words.
@@ -79,7 +83,21 @@ Order parse_order(const std::string& s) {
   if (s == "simdgroup0_last") {
     return Order::simdgroup0_last;
   }
+  if (s == "simdgroup_eager") {
+    return Order::simdgroup_eager;
+  }
   throw HarnessError("unknown order " + s);
+}
+
+template <typename T>
+std::string type_name() {
+  if constexpr (std::is_same_v<T, float>) {
+    return "float32";
+  } else if constexpr (std::is_same_v<T, half>) {
+    return "float16";
+  } else {
+    return "bfloat16";
+  }
 }
 
 void* find_kernel(const std::string& name) {
@@ -92,6 +110,7 @@ void* find_kernel(const std::string& name) {
 
 struct Launch {
   mlx::core::fast::RMSNormFusedDispatch dispatch;
+  mlx::core::fast::RMSNormFusedVJPGroups groups;  // vjp only
   std::string name;
   Order order;
   int rows;
@@ -101,12 +120,19 @@ struct Launch {
 // Each threadgroup runs to completion before the next starts, which is one of
 // the schedules Metal allows.
 template <typename F>
-void for_each_thread(const Launch& l, F&& call) {
-  size_t groups = l.dispatch.grid_size / l.dispatch.threadgroup_size;
-  for (size_t gid = 0; gid < groups; gid++) {
-    Group group(static_cast<int>(l.dispatch.threadgroup_size), l.order);
+void for_each_thread(size_t grid_size, size_t threadgroup_size, Order order, F&& call) {
+  if (grid_size % threadgroup_size != 0) {
+    throw HarnessError("grid is not a whole number of threadgroups");
+  }
+  for (size_t gid = 0; gid < grid_size / threadgroup_size; gid++) {
+    Group group(static_cast<int>(threadgroup_size), order);
     group.run([&](int lid) { call(uint(gid), uint(lid)); });
   }
+}
+
+template <typename F>
+void for_each_thread(const Launch& l, F&& call) {
+  for_each_thread(l.dispatch.grid_size, l.dispatch.threadgroup_size, l.order, call);
 }
 
 template <typename T>
@@ -157,8 +183,10 @@ void run_forward(const Launch& l, bool residual, bool has_weight, const std::str
 template <typename T>
 void run_vjp(const Launch& l, bool residual, bool has_weight, const std::string& dir) {
   size_t n = size_t(l.rows) * l.axis;
-  Buffer<T> h(n), w(has_weight ? l.axis : 1), dy(n), dh_in(n), dh(n);
-  Buffer<float> dw_rows(has_weight ? n : 1);
+  // The partials are exactly as large as eval_gpu allocates them.
+  size_t n_partials = l.groups.partials_bytes(l.axis) / sizeof(float);
+  Buffer<T> h(n), w(has_weight ? l.axis : 1), dy(n), dh_in(n), dh(n), dw(has_weight ? l.axis : 1);
+  Buffer<float> dw_partials(has_weight ? n_partials : 1);
   h.load(dir + "/h.bin");
   dy.load(dir + "/dy.bin");
   if (residual) {
@@ -173,29 +201,50 @@ void run_vjp(const Launch& l, bool residual, bool has_weight, const std::string&
   float eps = 1e-5f;
   uint axis = l.axis;
   uint w_stride = has_weight ? 1 : 0;
+  uint n_rows = l.rows;
+  uint rows_per_group = l.groups.rows_per_group;
+  uint n_groups = l.groups.n_groups;
   uint lsize = l.dispatch.threadgroup_size;
   const T* dh_in_ptr = residual ? dh_in.data() : dy.data();
   void* kernel = find_kernel(l.name);
   for_each_thread(l, [&](uint gid, uint lid) {
     if (l.dispatch.looped) {
       using Fn = void (*)(const T*, const T*, const T*, const T*, T*, float*, float&,
-                          uint&, uint&, uint, uint, uint, uint, uint);
+                          uint&, uint&, uint&, uint&, uint, uint, uint, uint, uint);
       reinterpret_cast<Fn>(kernel)(h.data(), w.data(), dy.data(), dh_in_ptr, dh.data(),
-                                   dw_rows.data(), eps, axis, w_stride, gid, lid, lsize,
-                                   lid % 32, lid / 32);
+                                   dw_partials.data(), eps, axis, w_stride, n_rows,
+                                   rows_per_group, gid, lid, lsize, lid % 32, lid / 32);
     } else {
       using Fn = void (*)(const T*, const T*, const T*, const T*, T*, float*, float&,
-                          uint&, uint&, uint, uint, uint, uint);
+                          uint&, uint&, uint&, uint&, uint, uint, uint, uint);
       reinterpret_cast<Fn>(kernel)(h.data(), w.data(), dy.data(), dh_in_ptr, dh.data(),
-                                   dw_rows.data(), eps, axis, w_stride, gid, lid,
-                                   lid % 32, lid / 32);
+                                   dw_partials.data(), eps, axis, w_stride, n_rows,
+                                   rows_per_group, gid, lid, lid % 32, lid / 32);
     }
   });
   dh.check_guards("dh");
-  dw_rows.check_guards("dw_rows");
+  dw_partials.check_guards("dw_partials");
+  if (has_weight) {
+    // The second launch, as eval_gpu makes it.
+    auto combine = mlx::core::fast::rms_norm_fused_combine_dispatch(
+        axis, mlxr_harness::MAX_THREADS_PER_GROUP);
+    void* combine_kernel = find_kernel(combine.kernel_name(type_name<T>()));
+    using Fn = void (*)(const float*, T*, uint&, uint&, uint);
+    for_each_thread(combine.grid_size, combine.threadgroup_size, l.order, [&](uint gid, uint lid) {
+      reinterpret_cast<Fn>(combine_kernel)(dw_partials.data(), dw.data(), axis, n_groups,
+                                           uint(gid * combine.threadgroup_size + lid));
+    });
+    dw_partials.check_guards("dw_partials");
+    dw.check_guards("dw");
+  }
+  h.check_guards("h");
+  w.check_guards("w");
+  dy.check_guards("dy");
+  dh_in.check_guards("dh_in");
   dh.save(dir + "/dh.bin");
   if (has_weight) {
-    dw_rows.save(dir + "/dw_rows.bin");
+    dw_partials.save(dir + "/dw_partials.bin");
+    dw.save(dir + "/dw.bin");
   }
 }
 
@@ -209,7 +258,7 @@ void run(const std::string& family, const Launch& l, bool residual, bool has_w,
   }
 }
 
-int main_run(char** argv) {
+int main_run(int argc, char** argv) {
   std::string family = argv[2], dtype = argv[3];
   int rows = std::stoi(argv[4]);
   uint axis = std::stoul(argv[5]);
@@ -218,8 +267,14 @@ int main_run(char** argv) {
   l.order = parse_order(argv[8]);
   l.rows = rows;
   l.axis = axis;
+  if (family == "vjp") {
+    size_t target = argc == 11 ? std::stoul(argv[10]) : mlx::core::fast::RMS_FUSED_VJP_GROUPS;
+    l.groups = mlx::core::fast::rms_norm_fused_vjp_groups(rows, target);
+  } else {
+    l.groups = {1, uint32_t(rows)};
+  }
   l.dispatch = mlx::core::fast::rms_norm_fused_dispatch(
-      axis, rows, mlxr_harness::MAX_THREADS_PER_GROUP);
+      axis, l.groups.n_groups, mlxr_harness::MAX_THREADS_PER_GROUP);
   l.name = (family == "vjp" ? "vjp_" : "") + l.dispatch.kernel_name(residual, dtype);
   std::string dir = argv[9];
   if (dtype == "float32") {
@@ -231,17 +286,28 @@ int main_run(char** argv) {
   } else {
     throw HarnessError("unknown dtype " + dtype);
   }
-  std::cout << "ran " << l.name << " threadgroup=" << l.dispatch.threadgroup_size
-            << " groups=" << l.dispatch.grid_size / l.dispatch.threadgroup_size << "\n";
+  std::cout << "ran=" << l.name << " threadgroup=" << l.dispatch.threadgroup_size
+            << " groups=" << l.dispatch.grid_size / l.dispatch.threadgroup_size
+            << " rows_per_group=" << l.groups.rows_per_group << "\n";
   return 0;
 }
 
 int main_geometry(char** argv) {
-  auto d = mlx::core::fast::rms_norm_fused_dispatch(
-      std::stoul(argv[2]), std::stoul(argv[3]), std::stoul(argv[4]));
+  namespace fast = mlx::core::fast;
+  uint32_t axis = std::stoul(argv[2]);
+  size_t rows = std::stoul(argv[3]), max_threads = std::stoul(argv[4]);
+  auto d = fast::rms_norm_fused_dispatch(axis, rows, max_threads);
+  auto g = fast::rms_norm_fused_vjp_groups(rows);
+  auto v = fast::rms_norm_fused_dispatch(axis, g.n_groups, max_threads);
+  auto c = fast::rms_norm_fused_combine_dispatch(axis, max_threads);
   std::cout << "looped=" << d.looped << " threadgroup_size=" << d.threadgroup_size
             << " grid_size=" << d.grid_size << " kernel=" << d.kernel_name(true, "float32")
-            << "\n";
+            << " vjp_rows_per_group=" << g.rows_per_group << " vjp_groups=" << g.n_groups
+            << " vjp_threadgroup_size=" << v.threadgroup_size << " vjp_grid_size=" << v.grid_size
+            << " vjp_partials_bytes=" << g.partials_bytes(axis)
+            << " combine_threadgroup_size=" << c.threadgroup_size
+            << " combine_grid_size=" << c.grid_size
+            << " combine_kernel=" << c.kernel_name("float32") << "\n";
   return 0;
 }
 
@@ -249,13 +315,13 @@ int main_geometry(char** argv) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc == 10 && std::string(argv[1]) == "run") {
-      return main_run(argv);
+    if ((argc == 10 || argc == 11) && std::string(argv[1]) == "run") {
+      return main_run(argc, argv);
     }
     if (argc == 5 && std::string(argv[1]) == "geometry") {
       return main_geometry(argv);
     }
-    std::cerr << "usage: harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR\n"
+    std::cerr << "usage: harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS]\n"
                  "       harness geometry AXIS ROWS MAX_THREADS\n";
     return 2;
   } catch (const std::exception& e) {

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 KERNEL = ROOT / "overlay" / "mlx" / "backend" / "metal" / "kernels" / "rms_norm_fused.metal"
 BUILD = ROOT / "build" / "metal-harness"
-ORDERS = ("forward", "reverse", "simdgroup0_last")
+ORDERS = ("forward", "reverse", "simdgroup0_last", "simdgroup_eager")
 EPS = 1e-5
 
 
@@ -91,6 +91,8 @@ class Case:
     residual: bool
     has_w: bool
     order: str = "reverse"
+    # vjp: the target number of row groups, in place of RMS_FUSED_VJP_GROUPS.
+    groups: int | None = None
 
     def inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed + self.axis)
@@ -111,17 +113,23 @@ def run(binary: Path, case: Case, work: Path) -> dict[str, np.ndarray]:
         str(binary), "run", case.family, case.dtype, str(case.rows), str(case.axis),
         str(int(case.residual)), str(int(case.has_w)), case.order, str(work),
     ]  # fmt: skip
+    if case.groups is not None:
+        cmd.append(str(case.groups))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise HarnessFailure(proc.stderr.strip() or f"exit {proc.returncode}")
-    shape = (case.rows, case.axis)
-    outputs = ("out", "h") if case.family == "fwd" else ("dh", "dw_rows")
+    launch = dict(item.split("=", 1) for item in proc.stdout.split())
+    arrays["groups"] = int(launch["groups"])
+    arrays["rows_per_group"] = int(launch["rows_per_group"])
+    shapes = {"out": (case.rows, case.axis), "h": (case.rows, case.axis)}
+    shapes |= {"dh": (case.rows, case.axis), "dw_partials": (arrays["groups"], case.axis)}
+    shapes["dw"] = (case.axis,)
+    outputs = ("out", "h") if case.family == "fwd" else ("dh", "dw_partials", "dw")
     for name in outputs:
-        path = work / f"{name}.bin"
-        if name == "h" and not case.residual or name == "dw_rows" and not case.has_w:
+        if name == "h" and not case.residual or name.startswith("dw") and not case.has_w:
             continue
-        kind = np.float32 if name == "dw_rows" else storage_type(case.dtype)
-        arrays[f"{name}_out"] = np.fromfile(path, dtype=kind).reshape(shape)
+        kind = np.float32 if name == "dw_partials" else storage_type(case.dtype)
+        arrays[f"{name}_out"] = np.fromfile(work / f"{name}.bin", dtype=kind).reshape(shapes[name])
     return arrays
 
 

@@ -84,6 +84,16 @@ def test_missing_barrier_inside_the_threadgroup_sum_is_caught(tmp_path: Path) ->
         check(case, run(binary, case, tmp_path))
 
 
+@pytest.mark.parametrize("axis", (260, 4097))
+def test_missing_barrier_inside_the_backward_row_sums_is_caught(tmp_path: Path, axis: int) -> None:
+    # As above, for both sums of a row in the backward.
+    broken = mutate(r"(local_sums\[SIMD_SIZE \+ simd_lane_id\] = 0;\n\s*\}\n)\s*" + BARRIER, r"\1")
+    binary = compile_harness(broken, "broken-pair-barrier")
+    case = Case("vjp", "float32", rows=2, axis=axis, residual=False, has_w=True)
+    with pytest.raises(AssertionError):
+        check(case, run(binary, case, tmp_path))
+
+
 def test_threadgroup_memory_over_32_kib_is_rejected(tmp_path: Path) -> None:
     broken = mutate(
         r"threadgroup float local_sums\[SIMD_SIZE\];",
@@ -95,6 +105,88 @@ def test_threadgroup_memory_over_32_kib_is_rejected(tmp_path: Path) -> None:
         run(binary, case, tmp_path)
 
 
+# The backward's groups of rows and its weight-gradient partials. SINGLE and
+# LOOPED pick the occurrence of a pattern in the single-row and looped kernels.
+SINGLE, LOOPED = 0, 1
+
+
+def grouped_vjp(axis: int, order: str = "reverse") -> Case:
+    # 8 rows in 4 groups of 2: a permutation of the groups stays in bounds.
+    return Case("vjp", "float32", 8, axis, residual=True, has_w=True, order=order, groups=4)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "axis"), ((SINGLE, 33), (LOOPED, 4097)), ids=("single", "looped")
+)
+def test_partials_written_to_the_wrong_group_row_are_caught(
+    tmp_path: Path, kernel: int, axis: int
+) -> None:
+    # Groups 0 and 1 (2 and 3) swap rows: dw, their sum, only changes order.
+    broken = mutate(
+        r"dw_partials \+= gid \* size_t\(axis_size\)",
+        "dw_partials += (gid ^ 1) * size_t(axis_size)",
+        kernel,
+    )
+    binary = compile_harness(broken, f"broken-partial-row-{kernel}")
+    with pytest.raises(AssertionError, match="partial"):
+        check(grouped_vjp(axis), run(binary, grouped_vjp(axis), tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("skipped", "loop"),
+    (
+        ("first", "for (uint k = 1; k < n_groups; k++)"),
+        ("last", "for (uint k = 0; k + 1 < n_groups; k++)"),
+    ),
+)
+def test_a_combine_that_skips_a_group_is_caught(tmp_path: Path, skipped: str, loop: str) -> None:
+    broken = mutate(r"for \(uint k = 0; k < n_groups; k\+\+\)", loop)
+    binary = compile_harness(broken, f"broken-skip-{skipped}")
+    with pytest.raises(AssertionError):
+        check(grouped_vjp(33), run(binary, grouped_vjp(33), tmp_path))
+
+
+def test_a_combine_in_another_order_is_caught(tmp_path: Path) -> None:
+    # Still the exact sum of every partial, to within rounding: only the
+    # comparison with the documented order, bit for bit, sees it.
+    broken = mutate(r"for \(uint k = 0; k < n_groups; k\+\+\)", "for (uint k = n_groups; k-- > 0;)")
+    binary = compile_harness(broken, "broken-combine-order")
+    with pytest.raises(AssertionError, match="group order"):
+        check(grouped_vjp(33), run(binary, grouped_vjp(33), tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "axis"), ((SINGLE, 260), (LOOPED, 4097)), ids=("single", "looped")
+)
+def test_reusing_one_half_of_the_row_sums_for_every_row_is_caught(
+    tmp_path: Path, kernel: int, axis: int
+) -> None:
+    # Simdgroup 0 then clears the sums of row k + 1 while the other
+    # simdgroups still read those of row k; simdgroup_eager lets it run ahead.
+    broken = mutate(r"local_sums \+ 2 \* SIMD_SIZE \* \(row & 1\)", "local_sums", kernel)
+    binary = compile_harness(broken, f"broken-pingpong-{kernel}")
+    case = grouped_vjp(axis, order="simdgroup_eager")
+    with pytest.raises(AssertionError):
+        check(case, run(binary, case, tmp_path))
+
+
+def test_a_looped_partial_not_started_afresh_is_caught(tmp_path: Path) -> None:
+    # The first row of a group adds to whatever the scratch held (poison).
+    broken = mutate(r"\(row == row_begin\) \? 0\.0f : dw_partials\[c \+ i\]", "dw_partials[c + i]")
+    binary = compile_harness(broken, "broken-looped-reset")
+    with pytest.raises(AssertionError):
+        check(grouped_vjp(4097), run(binary, grouped_vjp(4097), tmp_path))
+
+
+def test_a_last_group_that_runs_past_the_rows_is_caught(tmp_path: Path) -> None:
+    broken = mutate(r"if \(row_end > n_rows\) \{", "if (false) {", SINGLE)
+    binary = compile_harness(broken, "broken-row-end")
+    # 7 rows in groups of 2: the last group has one row.
+    case = Case("vjp", "float32", 7, 33, residual=True, has_w=True, groups=4)
+    with pytest.raises(HarnessFailure, match="out-of-bounds write"):
+        run(binary, case, tmp_path)
+
+
 def test_the_unbroken_kernel_passes_the_same_cases(tmp_path: Path) -> None:
     binary = compile_harness(KERNEL.read_text(), "kernels")
     for i, case in enumerate(
@@ -102,6 +194,11 @@ def test_the_unbroken_kernel_passes_the_same_cases(tmp_path: Path) -> None:
             Case("fwd", "float32", rows=2, axis=33, residual=True, has_w=True),
             Case("fwd", "float32", rows=2, axis=256, residual=True, has_w=True, order="reverse"),
             Case("fwd", "float32", rows=2, axis=4096, residual=False, has_w=True),
+            grouped_vjp(33),
+            grouped_vjp(4097),
+            grouped_vjp(260, order="simdgroup_eager"),
+            grouped_vjp(4097, order="simdgroup_eager"),
+            Case("vjp", "float32", 7, 33, residual=True, has_w=True, groups=4),
         ]
     ):
         check(case, run(binary, case, tmp_path / str(i)))

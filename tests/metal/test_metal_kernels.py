@@ -3,7 +3,9 @@
 Every kernel entry point runs for each dtype, with and without a residual and
 a weight, in its single-row and looped variants, and is compared with a
 float64 NumPy reference at the CPU tests' tolerances. Schedules are
-deterministic and adversarial, so a race fails every time.
+deterministic and adversarial, so a race fails every time. The backward takes
+rows in groups, one float32 row of weight-gradient partials per group; dw must
+equal, bit for bit, those partials summed in the documented order.
 """
 
 from pathlib import Path
@@ -23,10 +25,14 @@ from harness import (
 )
 from tolerances import REF_RTOL, SMALLEST_NORMAL
 
+# rms_norm_fused.h's target number of row groups in the backward.
+RMS_FUSED_VJP_GROUPS = 512
+
 DTYPES = ("float32", "float16", "bfloat16")
-# 33: a partial simdgroup of work; 4096: the largest single-row launch;
-# 4097 and 8200: looped, with a partial last pass.
-AXES = (1, 33, 4096, 4097, 8200)
+# 31 and 33: a partial simdgroup of work, 32 a whole one; 4095: a partial
+# last read; 4096: the largest single-row launch; 4097 and 8200: looped, with
+# a partial last pass.
+AXES = (1, 31, 32, 33, 4095, 4096, 4097, 8200)
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +67,26 @@ def check_forward(case: Case, arrays: dict[str, np.ndarray]) -> None:
     assert worst <= REF_RTOL[case.dtype], f"relative error {worst:.3g}"
 
 
+def vjp_row_groups(rows: int, target: int) -> tuple[int, int]:
+    """The backward's documented rule: the fewest rows per threadgroup that
+    need at most `target` groups; returns (rows_per_group, groups)."""
+    per_group = max(-(-rows // target), 1)
+    return per_group, -(-rows // per_group)
+
+
+def combine_in_order(partials: np.ndarray, dtype: str) -> np.ndarray:
+    """dw as rms_fused_dw_combine documents it: the float32 partial rows added
+    one after another from group 0, starting at 0, then rounded once."""
+    acc = np.zeros(partials.shape[1], dtype=np.float32)
+    for row in partials:
+        acc = acc + row
+    return to_storage(acc, dtype)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
 def check_vjp(case: Case, arrays: dict[str, np.ndarray]) -> None:
     h, g = f64(arrays["h"], case.dtype), f64(arrays["dy"], case.dtype)
     w = f64(arrays["w"], case.dtype) if case.has_w else np.ones(case.axis)
@@ -81,10 +107,34 @@ def check_vjp(case: Case, arrays: dict[str, np.ndarray]) -> None:
     )
     err = np.abs(f64(arrays["dh_out"], case.dtype) - ref)
     assert np.all(err <= allowed + SMALLEST_NORMAL[case.dtype]), f"dh error {err.max():.3g}"
-    if case.has_w:
-        dw_ref = g * h * inv
-        dw_err = np.abs(arrays["dw_rows_out"].astype(np.float64) - dw_ref)
-        assert np.all(dw_err <= 4 * 2.0**-23 * np.abs(dw_ref) + 1e-30), "dw partials"
+
+    per_group, groups = vjp_row_groups(case.rows, case.groups or RMS_FUSED_VJP_GROUPS)
+    assert (arrays["rows_per_group"], arrays["groups"]) == (per_group, groups)
+    if not case.has_w:
+        return
+    # Each group's float32 partial row: the sum over its rows, in order, of
+    # g h inv, each term within a few units in the last place.
+    v = g * h * inv
+    starts = np.arange(0, case.rows, per_group)
+    part_ref = np.add.reduceat(v, starts, axis=0)
+    part_abs = np.add.reduceat(np.abs(v), starts, axis=0)
+    part_err = np.abs(arrays["dw_partials_out"].astype(np.float64) - part_ref)
+    part_allowed = (per_group + 4) * 2.0**-23 * part_abs + 1e-30
+    assert np.all(part_err <= part_allowed), f"dw partial error {part_err.max():.3g}"
+    # dw: within float32 summation error of the exact sum, rounded once to the
+    # dtype; and bit for bit the partials combined in the documented order.
+    dw = arrays["dw_out"]
+    dw_ref = v.sum(axis=0)
+    dw_allowed = (REF_RTOL[case.dtype] / 2 + 2.0**-23) * np.abs(dw_ref) + (
+        case.rows + groups + 4
+    ) * 2.0**-23 * np.abs(v).sum(axis=0)
+    dw_err = np.abs(f64(dw, case.dtype) - dw_ref)
+    assert np.all(dw_err <= dw_allowed + SMALLEST_NORMAL[case.dtype]), (
+        f"dw error {dw_err.max():.3g}"
+    )
+    assert same_bits(dw, combine_in_order(arrays["dw_partials_out"], case.dtype)), (
+        "dw is not the partials summed in group order"
+    )
 
 
 def check(case: Case, arrays: dict[str, np.ndarray]) -> None:
@@ -99,16 +149,84 @@ def check(case: Case, arrays: dict[str, np.ndarray]) -> None:
 def test_every_entry_point(
     harness: Path, tmp_path: Path, family: str, dtype: str, residual: bool, has_w: bool, axis: int
 ) -> None:
-    case = Case(family, dtype, rows=2, axis=axis, residual=residual, has_w=has_w)
+    # The backward: 5 rows in groups of 3 and 2.
+    rows, groups = (2, None) if family == "fwd" else (5, 2)
+    case = Case(family, dtype, rows, axis, residual=residual, has_w=has_w, groups=groups)
     check(case, run(harness, case, tmp_path))
 
 
 @pytest.mark.parametrize("axis", (33, 4096, 8200))
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("family", ("fwd", "vjp"))
-def test_every_schedule(harness: Path, tmp_path: Path, family: str, order: str, axis: int) -> None:
-    case = Case(family, "float32", rows=3, axis=axis, residual=True, has_w=True, order=order)
+def test_every_schedule_forward(harness: Path, tmp_path: Path, order: str, axis: int) -> None:
+    case = Case("fwd", "float32", rows=3, axis=axis, residual=True, has_w=True, order=order)
     check(case, run(harness, case, tmp_path))
+
+
+# 31: one simdgroup, partly idle; 260: three simdgroups, so that the row sums
+# go through threadgroup memory; 4097: looped.
+@pytest.mark.parametrize("axis", (31, 260, 4097))
+@pytest.mark.parametrize("has_w", (True, False), ids=("weight", "no_weight"))
+@pytest.mark.parametrize("residual", (True, False), ids=("residual", "plain"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ORDERS)
+def test_every_schedule_backward(
+    harness: Path, tmp_path: Path, order: str, dtype: str, residual: bool, has_w: bool, axis: int
+) -> None:
+    # 7 rows in groups of 3, 3 and 1.
+    case = Case("vjp", dtype, 7, axis, residual=residual, has_w=has_w, order=order, groups=3)
+    check(case, run(harness, case, tmp_path))
+
+
+# Row counts under the real rule (512 groups at most): one row; fewer rows than
+# groups; exactly 512; one more (two rows per group, a last group of one);
+# 1024 (every group full); 1537 (four per group, a last group of one).
+@pytest.mark.parametrize("rows", (1, 2, 511, 512, 513, 1024, 1537))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_row_counts(harness: Path, tmp_path: Path, dtype: str, rows: int) -> None:
+    case = Case("vjp", dtype, rows, 33, residual=True, has_w=True, order="simdgroup_eager")
+    check(case, run(harness, case, tmp_path))
+
+
+# Wide rows with several rows per group, whole and partial last groups (a
+# smaller target number of groups keeps them short).
+# (rows, target groups): one row; 2 + 2; 3 + 2; 2 + 2 + 2; 3 + 3 + 3.
+GROUPINGS = ((1, 2), (4, 2), (5, 2), (6, 4), (9, 3))
+WIDE = [(axis, rows, groups) for axis in (4095, 4096, 4097) for rows, groups in GROUPINGS]
+
+
+@pytest.mark.parametrize(("axis", "rows", "groups"), WIDE + [(65536, 1, 2), (65536, 5, 2)], ids=str)
+def test_backward_wide_rows_in_groups(
+    harness: Path, tmp_path: Path, axis: int, rows: int, groups: int
+) -> None:
+    case = Case("vjp", "bfloat16", rows, axis, residual=True, has_w=True, groups=groups)
+    check(case, run(harness, case, tmp_path))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", (33, 4097))
+def test_dw_is_combined_in_a_fixed_order(
+    harness: Path, tmp_path: Path, axis: int, dtype: str
+) -> None:
+    """Under every schedule, and again, the same inputs give the same bits; dw
+    is bit for bit the partials summed in the documented group order."""
+    results = []
+    for i, order in enumerate(ORDERS + ORDERS[:1]):
+        case = Case("vjp", dtype, 11, axis, residual=True, has_w=True, order=order, groups=5)
+        arrays = run(harness, case, tmp_path / str(i))
+        check(case, arrays)
+        results.append(arrays)
+    first = results[0]
+    assert first["groups"] == 4 and first["rows_per_group"] == 3
+    for other in results[1:]:
+        for name in ("dh_out", "dw_partials_out", "dw_out"):
+            assert same_bits(first[name], other[name]), f"{name} depends on the schedule"
+    partials = first["dw_partials_out"]
+    assert same_bits(first["dw_out"], combine_in_order(partials, dtype))
+    if dtype == "float32":
+        # The data tell the orders apart, so another order would fail above.
+        assert not same_bits(combine_in_order(partials[::-1], dtype), first["dw_out"])
+        pairwise = (partials[0] + partials[1]) + (partials[2] + partials[3])
+        assert not same_bits(pairwise, first["dw_out"])
 
 
 @pytest.mark.parametrize("axis", (33, 8200))
@@ -117,7 +235,8 @@ def test_every_schedule(harness: Path, tmp_path: Path, family: str, order: str, 
 def test_under_address_sanitizer(
     asan_harness: Path, tmp_path: Path, family: str, dtype: str, axis: int
 ) -> None:
-    case = Case(family, dtype, rows=2, axis=axis, residual=True, has_w=True)
+    rows, groups = (2, None) if family == "fwd" else (5, 2)
+    case = Case(family, dtype, rows, axis, residual=True, has_w=True, groups=groups)
     check(case, run(asan_harness, case, tmp_path))
 
 
@@ -135,7 +254,45 @@ def test_dispatch_geometry(harness: Path, axis: int) -> None:
         # The fewest simdgroups whose threads hold the row, four values each.
         assert tg * 4 >= axis > (tg - 32) * 4 or tg == 32
         assert g["kernel"] == "rms_fused_residualfloat32"
+    # The backward's threadgroups are the forward's, one per group of rows.
+    assert int(g["vjp_threadgroup_size"]) == tg
+    assert int(g["vjp_grid_size"]) == int(g["vjp_groups"]) * tg
+    # The combine: one thread per column, whole simdgroups.
+    ctg, cgrid = int(g["combine_threadgroup_size"]), int(g["combine_grid_size"])
+    assert ctg % 32 == 0 and 32 <= ctg <= 256 and cgrid % ctg == 0
+    assert cgrid >= axis > cgrid - ctg
+    assert g["combine_kernel"] == "rms_fused_dw_combinefloat32"
 
 
 def test_geometry_respects_a_smaller_pipeline_limit(harness: Path) -> None:
     assert geometry(harness, 65536, 1, max_threads=512)["threadgroup_size"] == "512"
+    assert geometry(harness, 65536, 1, max_threads=64)["combine_threadgroup_size"] == "64"
+
+
+ROW_COUNTS = (1, 2, 3, 511, 512, 513, 1000, 1023, 1024, 1025, 4096, 4097, 10**6, 2**31 + 7)
+
+
+@pytest.mark.parametrize("rows", ROW_COUNTS)
+def test_backward_row_groups(harness: Path, rows: int) -> None:
+    g = geometry(harness, 4096, rows)
+    per_group, groups = int(g["vjp_rows_per_group"]), int(g["vjp_groups"])
+    assert (per_group, groups) == vjp_row_groups(rows, RMS_FUSED_VJP_GROUPS)
+    # Every row in exactly one group, every group non-empty, at most 512.
+    assert (groups - 1) * per_group < rows <= groups * per_group
+    assert groups <= RMS_FUSED_VJP_GROUPS
+    # The fewest rows per group that keep within the target.
+    assert per_group == 1 or -(-rows // (per_group - 1)) > RMS_FUSED_VJP_GROUPS
+
+
+@pytest.mark.parametrize("axis", (1, 33, 4096, 8200, 65536))
+def test_backward_scratch_is_per_group_not_per_row(harness: Path, axis: int) -> None:
+    def scratch(rows: int) -> int:
+        return int(geometry(harness, axis, rows)["vjp_partials_bytes"])
+
+    # One float32 row per group: per row while there are fewer rows than
+    # groups, then capped, however many rows there are.
+    assert scratch(1) == 4 * axis
+    assert scratch(300) == 300 * 4 * axis
+    cap = RMS_FUSED_VJP_GROUPS * 4 * axis
+    assert scratch(4096) == scratch(2**20) == cap
+    assert max(scratch(rows) for rows in ROW_COUNTS) == cap

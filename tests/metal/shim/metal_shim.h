@@ -4,7 +4,10 @@
 // - a threadgroup's threads run one at a time, each until its next
 //   synchronization point (threadgroup_barrier or a simdgroup function), in a
 //   chosen order; a barrier releases only when every thread has reached it;
-// - simdgroups are 32 lanes wide and simd_sum waits for all 32;
+// - simdgroups are 32 lanes wide and simd_sum waits for all 32; they are
+//   released when no thread can run any further or, in the simdgroup_eager
+//   order, as soon as all 32 have arrived, so that the lowest such simdgroup
+//   runs ahead (up to the next barrier) of others still at the previous step;
 // - threadgroup memory is shared within a group, fresh for each group, and
 //   starts poisoned (all bits set: NaN for floats) so reads before writes show.
 //
@@ -36,7 +39,7 @@ constexpr int SIMD_WIDTH = 32;
 constexpr int MAX_THREADS_PER_GROUP = 1024;
 constexpr size_t MAX_THREADGROUP_BYTES = 32 * 1024;
 
-enum class Order { forward, reverse, simdgroup0_last };
+enum class Order { forward, reverse, simdgroup0_last, simdgroup_eager };
 
 struct HarnessError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -44,7 +47,10 @@ struct HarnessError : std::runtime_error {
 
 class Group {
  public:
-  Group(int n_threads, Order order) : n_(n_threads), threads_(n_threads) {
+  Group(int n_threads, Order order)
+      : n_(n_threads),
+        threads_(n_threads),
+        eager_(order == Order::simdgroup_eager) {
     if (n_threads < 1 || n_threads > MAX_THREADS_PER_GROUP) {
       throw HarnessError(
           "threadgroup of " + std::to_string(n_threads) + " threads (limit " +
@@ -146,9 +152,8 @@ class Group {
     }
   }
 
-  // Release whatever synchronization point is complete. Only called when no
-  // thread can run, so every thread has gone as far as it can on its own.
-  bool release() {
+  // Release every simdgroup whose lanes have all reached a simdgroup function.
+  bool release_simdgroups() {
     bool released = false;
     for (int g = 0; g * SIMD_WIDTH < n_; g++) {
       int end = std::min(n_, (g + 1) * SIMD_WIDTH);
@@ -168,7 +173,13 @@ class Group {
         released = true;
       }
     }
-    if (released) {
+    return released;
+  }
+
+  // Release whatever synchronization point is complete. Only called when no
+  // thread can run, so every thread has gone as far as it can on its own.
+  bool release() {
+    if (release_simdgroups()) {
       return true;
     }
     int at_barrier = 0, done = 0;
@@ -191,6 +202,9 @@ class Group {
 
   int pick() {
     while (true) {
+      if (eager_ && !failed_) {
+        release_simdgroups();
+      }
       for (int lid : order_) {
         if (threads_[lid].state == State::ready) {
           return lid;
@@ -235,6 +249,7 @@ class Group {
   int n_;
   std::vector<Thread> threads_;
   std::vector<int> order_;
+  bool eager_;
   std::map<int, std::vector<unsigned char>> tg_memory_;
   size_t tg_bytes_ = 0;
   bool failed_ = false;

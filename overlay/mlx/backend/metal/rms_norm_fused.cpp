@@ -3,7 +3,6 @@
 #include "mlx/backend/metal/rms_norm_fused.h"
 #include "mlx/backend/gpu/copy.h"
 #include "mlx/backend/metal/device.h"
-#include "mlx/backend/metal/reduce.h"
 #include "mlx/backend/metal/utils.h"
 #include "mlx/fast_primitives.h"
 
@@ -107,58 +106,72 @@ void RMSNormFusedVJP::eval_gpu(
     return;
   }
 
-  // Per-row weight-gradient partials stay in float32 until they are summed.
-  array dw_rows = has_w
+  // Each threadgroup takes a run of rows and keeps its part of dw in float32,
+  // one row of partials per threadgroup, which are then summed in order.
+  auto groups = rms_norm_fused_vjp_groups(n_rows);
+  array dw_partials = has_w
       ? array(
-            {static_cast<int>(n_rows), h.shape().back()}, float32, nullptr, {})
+            {static_cast<int>(groups.n_groups), h.shape().back()},
+            float32,
+            nullptr,
+            {})
       : dy;
   if (has_w) {
-    dw_rows.set_data(allocator::malloc(dw_rows.nbytes()));
-    compute_encoder.add_temporary(dw_rows);
+    dw_partials.set_data(allocator::malloc(dw_partials.nbytes()));
+    compute_encoder.add_temporary(dw_partials);
   }
 
   auto name = "vjp_" +
-      rms_norm_fused_dispatch(axis_size, n_rows, 0)
+      rms_norm_fused_dispatch(axis_size, groups.n_groups, 0)
           .kernel_name(has_residual_, type_to_name(dh));
   metal::MTLFCList func_consts = {
       {&has_w, MTL::DataType::DataTypeBool, 20},
   };
-  auto kernel = d.get_kernel(name, name + (has_w ? "_w" : "_now"), func_consts);
-  auto dispatch = rms_norm_fused_dispatch(
-      axis_size, n_rows, kernel->maxTotalThreadsPerThreadgroup());
-  assert(dispatch.threadgroup_size <= kernel->maxTotalThreadsPerThreadgroup());
+  {
+    auto kernel =
+        d.get_kernel(name, name + (has_w ? "_w" : "_now"), func_consts);
+    auto dispatch = rms_norm_fused_dispatch(
+        axis_size, groups.n_groups, kernel->maxTotalThreadsPerThreadgroup());
+    assert(
+        dispatch.threadgroup_size <= kernel->maxTotalThreadsPerThreadgroup());
 
-  uint32_t w_stride = has_w ? w.strides()[0] : 0;
-  compute_encoder.set_compute_pipeline_state(kernel);
-  compute_encoder.set_input_array(h, 0);
-  compute_encoder.set_input_array(w, 1);
-  compute_encoder.set_input_array(dy, 2);
-  compute_encoder.set_input_array(dh_in, 3);
-  compute_encoder.set_output_array(dh, 4);
-  compute_encoder.set_output_array(dw_rows, 5);
-  compute_encoder.set_bytes(eps_, 6);
-  compute_encoder.set_bytes(axis_size, 7);
-  compute_encoder.set_bytes(w_stride, 8);
-  compute_encoder.dispatch_threads(
-      MTL::Size(dispatch.grid_size, 1, 1),
-      MTL::Size(dispatch.threadgroup_size, 1, 1));
+    uint32_t w_stride = has_w ? w.strides()[0] : 0;
+    auto n_rows_arg = static_cast<uint32_t>(n_rows);
+    compute_encoder.set_compute_pipeline_state(kernel);
+    compute_encoder.set_input_array(h, 0);
+    compute_encoder.set_input_array(w, 1);
+    compute_encoder.set_input_array(dy, 2);
+    compute_encoder.set_input_array(dh_in, 3);
+    compute_encoder.set_output_array(dh, 4);
+    compute_encoder.set_output_array(dw_partials, 5);
+    compute_encoder.set_bytes(eps_, 6);
+    compute_encoder.set_bytes(axis_size, 7);
+    compute_encoder.set_bytes(w_stride, 8);
+    compute_encoder.set_bytes(n_rows_arg, 9);
+    compute_encoder.set_bytes(groups.rows_per_group, 10);
+    compute_encoder.dispatch_threads(
+        MTL::Size(dispatch.grid_size, 1, 1),
+        MTL::Size(dispatch.threadgroup_size, 1, 1));
+  }
 
   if (!has_w) {
     fill_gpu(array(0, dw.dtype()), dw, s);
     return;
   }
-  array dw_sum =
-      dw.dtype() == float32 ? dw : array(dw.shape(), float32, nullptr, {});
-  dw_sum.set_data(allocator::malloc(dw_sum.nbytes()));
-  ReductionPlan plan(
-      ReductionOpType::ContiguousStridedReduce,
-      {static_cast<int>(n_rows)},
-      {static_cast<int64_t>(axis_size)});
-  strided_reduce_general_dispatch(
-      dw_rows, dw_sum, "sum", plan, {0}, compute_encoder, d, s);
-  if (dw.dtype() != float32) {
-    compute_encoder.add_temporary(dw_sum);
-    copy_gpu(dw_sum, dw, CopyType::Vector, s);
+  dw.set_data(allocator::malloc(dw.nbytes()));
+  {
+    auto kernel = d.get_kernel(
+        RMSNormFusedCombineDispatch::kernel_name(type_to_name(dw)));
+    auto dispatch = rms_norm_fused_combine_dispatch(
+        axis_size, kernel->maxTotalThreadsPerThreadgroup());
+    compute_encoder.set_compute_pipeline_state(kernel);
+    compute_encoder.set_input_array(dw_partials, 0);
+    compute_encoder.set_output_array(dw, 1);
+    compute_encoder.set_bytes(axis_size, 2);
+    compute_encoder.set_bytes(groups.n_groups, 3);
+    compute_encoder.dispatch_threads(
+        MTL::Size(dispatch.grid_size, 1, 1),
+        MTL::Size(dispatch.threadgroup_size, 1, 1));
   }
 }
 
