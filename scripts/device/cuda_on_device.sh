@@ -11,7 +11,8 @@
 #   test      tests/wheel on the GPU (all but test_install.py, which needs PyPI)
 #   suite     upstream's python/tests on the GPU against both wheels, compared
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
-#   save      our wheel, split in 15 MB parts, to $OUT/wheel.* for a later call
+#   save      our wheel, split in 15 MB parts, to $OUT/wheel.* for a later call, which
+#             takes them from .device/wheel/ (with the file name in .device/wheel/name)
 # Logs and tables go to $OUT (the device tool's output folder) or build/device.
 set -euo pipefail
 trap 'echo "cuda_on_device.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
@@ -58,7 +59,13 @@ build() { # TREE WHEEL_DIR [BUILD OPTIONS]
   ls "$dir"/mlx-*.whl
 }
 
-ours() { ls wheels/mlx-*.whl; }
+ours() { # our wheel: built here, or saved by an earlier call and carried in .device/wheel/
+  if ! ls wheels/mlx-*.whl >/dev/null 2>&1 && [[ -f .device/wheel/name ]]; then
+    mkdir -p wheels
+    cat .device/wheel/wheel.* >"wheels/$(cat .device/wheel/name)"
+  fi
+  ls wheels/mlx-*.whl
+}
 
 site() { # DIR WHEEL...: install wheels, without their needs, into DIR
   local dir=$1
