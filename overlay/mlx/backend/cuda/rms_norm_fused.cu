@@ -25,32 +25,49 @@ constexpr int RMS_FUSED_MAX_CHUNKS = 8;
 // which 1024 threads could not have.
 constexpr int RMS_FUSED_SMALL_MAX_BLOCK = 512;
 constexpr int RMS_FUSED_LOOPED_BLOCK = 1024;
+// The backward also keeps g, w and the weight gradient of every vector in
+// registers; more chunks than this would spill.
+constexpr int RMS_FUSED_VJP_MAX_CHUNKS = 4;
+// The backward runs this many threads in all, each block over several rows:
+// enough to keep an H100 or H200 busy, and few enough blocks that their
+// float32 weight-gradient partials stay a small share of the traffic.
+constexpr int RMS_FUSED_VJP_THREADS = 1 << 17;
 
-struct Float2Plus {
-  __device__ float2 operator()(const float2& a, const float2& b) const {
-    return {a.x + b.x, a.y + b.y};
+// plus_f2 and BlockBroadcastReduce are rms_norm.cu's, which keeps them to
+// itself.
+inline __device__ float2 plus_f2(const float2& a, const float2& b) {
+  return {a.x + b.x, a.y + b.y};
+}
+
+// Similar to cub::BlockReduce, but result is broadcasted to every thread.
+template <typename T, int BLOCK_DIM, int GROUP_DIM = WARP_SIZE>
+struct BlockBroadcastReduce {
+  using TempStorage = T[std::max(BLOCK_DIM / WARP_SIZE, 1)];
+
+  cg::thread_block& block;
+  TempStorage& temp;
+
+  template <typename Op>
+  __device__ T Reduce(const T& input, const Op& op, const T& init_value) {
+    auto warp = cg::tiled_partition<GROUP_DIM>(block);
+    T x = cg::reduce(warp, input, op);
+    if constexpr (BLOCK_DIM > GROUP_DIM) {
+      if (warp.thread_rank() == 0) {
+        temp[warp.meta_group_rank()] = x;
+      }
+      block.sync();
+      x = warp.thread_rank() < warp.meta_group_size() ? temp[warp.thread_rank()]
+                                                      : init_value;
+      return cg::reduce(warp, x, op);
+    } else {
+      return x;
+    }
+  }
+
+  __device__ T Sum(const T& input) {
+    return Reduce(input, cg::plus<T>{}, T{});
   }
 };
-
-// Sum over the block, broadcast to every thread. The order of the sums
-// depends only on the block size, which depends only on the row length.
-template <typename T, typename Op>
-__device__ T block_sum(T x, T* warp_sums, const Op& op) {
-  auto block = cg::this_thread_block();
-  auto warp = cg::tiled_partition<WARP_SIZE>(block);
-  x = cg::reduce(warp, x, op);
-  if (block.size() > WARP_SIZE) {
-    if (warp.thread_rank() == 0) {
-      warp_sums[warp.meta_group_rank()] = x;
-    }
-    block.sync();
-    x = warp.thread_rank() < warp.meta_group_size()
-        ? warp_sums[warp.thread_rank()]
-        : T{};
-    x = cg::reduce(warp, x, op);
-  }
-  return x;
-}
 
 // h = x + r rounded to T, as the add op rounds it.
 template <typename T, int N>
@@ -95,13 +112,15 @@ __device__ void set_zero(AlignedVector<T, N>& v) {
 // ALIGNED: every pointer is 16-byte aligned, the row length is a multiple of
 // N_READS and the weight is contiguous, so the loads and stores need no
 // element-wise fallback, which would cost registers and occupancy. Only the
-// last chunk can run past the end of the row.
+// last chunk can run past the end of the row. BLOCK_DIM is WARP_SIZE for
+// blocks of one warp, which then skip the exchange between warps.
 template <
     typename T,
     bool HAS_RESIDUAL,
     int N_CHUNKS,
     bool ALIGNED,
-    int N_READS>
+    int N_READS,
+    int BLOCK_DIM = RMS_FUSED_SMALL_MAX_BLOCK>
 __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     rms_norm_fused_small(
         const T* x,
@@ -112,7 +131,10 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
         float eps,
         uint32_t axis_size,
         int64_t w_stride) {
-  __shared__ float warp_sums[WARP_SIZE];
+  auto block = cg::this_thread_block();
+  using BlockReduceT = BlockBroadcastReduce<float, BLOCK_DIM>;
+  __shared__ typename BlockReduceT::TempStorage temp;
+
   size_t row = static_cast<size_t>(blockIdx.x) * axis_size;
   x += row;
   r += row;
@@ -144,8 +166,8 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     }
     add_squares(sum_squares, hn[i]);
   }
-  float inv_rms = rsqrt(
-      block_sum(sum_squares, warp_sums, cg::plus<float>{}) / axis_size + eps);
+  float inv_rms =
+      rsqrt(BlockReduceT{block, temp}.Sum(sum_squares) / axis_size + eps);
 #pragma unroll
   for (int i = 0; i < N_CHUNKS; i++) {
     uint32_t index = i * blockDim.x + threadIdx.x;
@@ -176,7 +198,10 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
     float eps,
     uint32_t axis_size,
     int64_t w_stride) {
-  __shared__ float warp_sums[WARP_SIZE];
+  auto block = cg::this_thread_block();
+  using BlockReduceT = BlockBroadcastReduce<float, RMS_FUSED_LOOPED_BLOCK>;
+  __shared__ typename BlockReduceT::TempStorage temp;
+
   size_t row = static_cast<size_t>(blockIdx.x) * axis_size;
   x += row;
   r += row;
@@ -193,8 +218,8 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
     }
     add_squares(sum_squares, hn);
   }
-  float inv_rms = rsqrt(
-      block_sum(sum_squares, warp_sums, cg::plus<float>{}) / axis_size + eps);
+  float inv_rms =
+      rsqrt(BlockReduceT{block, temp}.Sum(sum_squares) / axis_size + eps);
   const T* h_in = HAS_RESIDUAL ? h : x;
   for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
     auto hn = load_vector<N_READS>(h_in, index, axis_size, T(0));
@@ -204,71 +229,253 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
   }
 }
 
-// dh = w * dy * inv - h * inv^3 * mean(w * dy * h) (+ the cotangent of h),
-// and per-row float32 partials of dw = dy * h * inv, summed over rows after.
-template <typename T, bool HAS_DH, bool HAS_W, int N_READS>
-__global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_vjp(
-    const T* h,
-    const T* w,
-    const T* dy,
-    const T* dh_in,
-    T* dh,
-    float* dw_rows,
-    float eps,
-    uint32_t axis_size,
-    int64_t w_stride) {
-  __shared__ float2 warp_sums[WARP_SIZE];
-  size_t row = static_cast<size_t>(blockIdx.x) * axis_size;
-  h += row;
-  dy += row;
-  dh_in += row;
-  dh += row;
-  dw_rows += row;
-
-  uint32_t n_vectors = cuda::ceil_div(axis_size, N_READS);
-  float2 sums = {0, 0};
-  for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-    auto hn = load_vector<N_READS>(h, index, axis_size, T(0));
-    auto gn = load_vector<N_READS>(dy, index, axis_size, T(0));
-    auto wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
+// Hides the values of v from the compiler. A row that stays in registers across
+// the block reduction then stays in its own 16-bit type there: otherwise the
+// compiler keeps the float32 values of the first pass for the second, twice
+// the registers, and one block of 512 threads a multiprocessor fewer.
+template <typename T, int N>
+__device__ void keep_packed(AlignedVector<T, N>& v) {
+  if constexpr (sizeof(T) < sizeof(uint32_t)) {
+    constexpr int n_words = sizeof(v) / sizeof(uint32_t);
+    static_assert(n_words * sizeof(uint32_t) == sizeof(v));
+    auto* words = reinterpret_cast<uint32_t*>(&v);
 #pragma unroll
-    for (int j = 0; j < N_READS; j++) {
-      float hj = static_cast<float>(hn[j]);
-      float gwj = static_cast<float>(gn[j]) *
-          (HAS_W ? static_cast<float>(wn[j]) : 1.0f);
-      sums.x += hj * hj;
-      sums.y += gwj * hj;
+    for (int i = 0; i < n_words; i++) {
+      asm volatile("" : "+r"(words[i]));
     }
   }
-  sums = block_sum(sums, warp_sums, Float2Plus{});
-  float inv_rms = rsqrt(sums.x / axis_size + eps);
-  float mean_gwh = sums.y / axis_size;
-  float inv_rms3 = inv_rms * inv_rms * inv_rms;
+}
 
-  for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-    auto hn = load_vector<N_READS>(h, index, axis_size, T(0));
-    auto gn = load_vector<N_READS>(dy, index, axis_size, T(0));
-    auto wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
-    AlignedVector<T, N_READS> dn;
-    if constexpr (HAS_DH) {
-      dn = load_vector<N_READS>(dh_in, index, axis_size, T(0));
-    }
-    AlignedVector<float, N_READS> dwn;
+// Adds h * h, in the order of the forward's sum of squares, and w * g * h.
+template <bool HAS_W, typename T, int N>
+__device__ void add_vjp_sums(
+    float2& sums,
+    const AlignedVector<T, N>& h,
+    const AlignedVector<T, N>& g,
+    const AlignedVector<T, N>& w) {
 #pragma unroll
-    for (int j = 0; j < N_READS; j++) {
-      float hj = static_cast<float>(hn[j]);
-      float gj = static_cast<float>(gn[j]);
-      float gwj = gj * (HAS_W ? static_cast<float>(wn[j]) : 1.0f);
-      float d = gwj * inv_rms - hj * mean_gwh * inv_rms3;
-      if constexpr (HAS_DH) {
-        d += static_cast<float>(dn[j]);
-      }
-      dn[j] = static_cast<T>(d);
-      dwn[j] = gj * hj * inv_rms;
-    }
-    store_vector<N_READS>(dh, index, dn, axis_size);
+  for (int i = 0; i < N; i++) {
+    float hi = static_cast<float>(h[i]);
+    float wgi = static_cast<float>(g[i]);
     if constexpr (HAS_W) {
-      store_vector<N_READS>(dw_rows, index, dwn, axis_size);
+      wgi *= static_cast<float>(w[i]);
+    }
+    sums.x += hi * hi;
+    sums.y += wgi * hi;
+  }
+}
+
+// gx = w * g * inv_rms - h * inv_rms^3 * mean(w * g * h) (+ gh), and
+// gw += g * h * inv_rms, all in float32.
+template <bool HAS_W, bool HAS_GH, typename T, int N>
+__device__ AlignedVector<T, N> vjp_vector(
+    const AlignedVector<T, N>& h,
+    const AlignedVector<T, N>& g,
+    const AlignedVector<T, N>& w,
+    const AlignedVector<T, N>& gh,
+    float inv_rms,
+    float mean_wgh,
+    float inv_rms3,
+    AlignedVector<float, N>& gw) {
+  AlignedVector<T, N> gx;
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    float hi = static_cast<float>(h[i]);
+    float gi = static_cast<float>(g[i]);
+    float wgi = gi;
+    if constexpr (HAS_W) {
+      wgi *= static_cast<float>(w[i]);
+    }
+    float gxi = wgi * inv_rms - hi * mean_wgh * inv_rms3;
+    if constexpr (HAS_GH) {
+      gxi += static_cast<float>(gh[i]);
+    }
+    gx[i] = static_cast<T>(gxi);
+    if constexpr (HAS_W) {
+      gw[i] += gi * hi * inv_rms;
+    }
+  }
+  return gx;
+}
+
+// The backward in rms_norm_fused_small's layout, with the weight. A block
+// takes rows_per_block rows in turn: their h, g (and gh, the cotangent of h)
+// stay in registers between the sums and gx, and w and the block's float32
+// weight-gradient partial for all of them. gw gets one row of partials a
+// block, summed over the blocks afterwards.
+template <
+    typename T,
+    bool HAS_GH,
+    int N_CHUNKS,
+    int N_READS,
+    int BLOCK_DIM = RMS_FUSED_SMALL_MAX_BLOCK>
+__global__ void __launch_bounds__(
+    RMS_FUSED_SMALL_MAX_BLOCK,
+    N_CHUNKS <= 2 ? 2 : 1)
+    rms_norm_fused_vjp_small(
+        const T* h,
+        const T* w,
+        const T* g,
+        const T* gh,
+        T* gx,
+        float* gw,
+        float eps,
+        uint32_t axis_size,
+        uint32_t n_rows,
+        uint32_t rows_per_block) {
+  auto block = cg::this_thread_block();
+  using BlockReduceF2 = BlockBroadcastReduce<float2, BLOCK_DIM>;
+  // Two, so that a warp can store the sums of a row while another still
+  // reads those of the row before.
+  __shared__ typename BlockReduceF2::TempStorage temp[2];
+
+  uint32_t n_vectors = axis_size / N_READS;
+  // Only the last chunk can run past the end of the row.
+  bool last_in_row = (N_CHUNKS - 1) * blockDim.x + threadIdx.x < n_vectors;
+  AlignedVector<T, N_READS> wn[N_CHUNKS];
+  AlignedVector<float, N_READS> gwn[N_CHUNKS];
+#pragma unroll
+  for (int i = 0; i < N_CHUNKS; i++) {
+    if (i + 1 < N_CHUNKS || last_in_row) {
+      wn[i] = unsafe_load_vector<N_READS>(w, i * blockDim.x + threadIdx.x);
+    }
+    set_zero(gwn[i]);
+  }
+
+  uint32_t first_row = blockIdx.x * rows_per_block;
+  uint32_t n_block_rows = min(rows_per_block, n_rows - first_row);
+  size_t row = static_cast<size_t>(first_row) * axis_size;
+  h += row;
+  g += row;
+  gh += row;
+  gx += row;
+  for (uint32_t k = 0; k < n_block_rows; k++) {
+    AlignedVector<T, N_READS> hn[N_CHUNKS];
+    AlignedVector<T, N_READS> gn[N_CHUNKS];
+    AlignedVector<T, N_READS> ghn[N_CHUNKS];
+    float2 sums = {0, 0};
+#pragma unroll
+    for (int i = 0; i < N_CHUNKS; i++) {
+      uint32_t index = i * blockDim.x + threadIdx.x;
+      if (i + 1 < N_CHUNKS || last_in_row) {
+        hn[i] = unsafe_load_vector<N_READS>(h, index);
+        gn[i] = unsafe_load_vector<N_READS>(g, index);
+        if constexpr (HAS_GH) {
+          ghn[i] = unsafe_load_vector<N_READS>(gh, index);
+        }
+        add_vjp_sums<true>(sums, hn[i], gn[i], wn[i]);
+      }
+    }
+    sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
+    float inv_rms = rsqrt(sums.x / axis_size + eps);
+    float mean_wgh = sums.y / axis_size;
+    float inv_rms3 = inv_rms * inv_rms * inv_rms;
+#pragma unroll
+    for (int i = 0; i < N_CHUNKS; i++) {
+      if (i + 1 < N_CHUNKS || last_in_row) {
+        keep_packed(hn[i]);
+        keep_packed(gn[i]);
+        keep_packed(wn[i]);
+        unsafe_store_vector<N_READS>(
+            gx,
+            i * blockDim.x + threadIdx.x,
+            vjp_vector<true, HAS_GH>(
+                hn[i],
+                gn[i],
+                wn[i],
+                HAS_GH ? ghn[i] : hn[i],
+                inv_rms,
+                mean_wgh,
+                inv_rms3,
+                gwn[i]));
+      }
+    }
+    h += axis_size;
+    g += axis_size;
+    gh += axis_size;
+    gx += axis_size;
+  }
+
+  gw += static_cast<size_t>(blockIdx.x) * axis_size;
+#pragma unroll
+  for (int i = 0; i < N_CHUNKS; i++) {
+    store_vector<N_READS>(gw, i * blockDim.x + threadIdx.x, gwn[i], axis_size);
+  }
+}
+
+// The backward for every other case: rows too long for registers, unaligned
+// data or no weight. h and g are read a second time, from cache if it still
+// holds them, and each thread adds into its own values of the block's row of
+// weight-gradient partials in gw. The sums take the order of
+// rms_norm_fused_small and rms_norm_fused_vjp_small at the same block size.
+template <typename T, bool HAS_GH, bool HAS_W, int N_READS>
+__global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
+    rms_norm_fused_vjp_looped(
+        const T* h,
+        const T* w,
+        const T* g,
+        const T* gh,
+        T* gx,
+        float* gw,
+        float eps,
+        uint32_t axis_size,
+        uint32_t n_rows,
+        uint32_t rows_per_block,
+        int64_t w_stride) {
+  auto block = cg::this_thread_block();
+  using BlockReduceF2 = BlockBroadcastReduce<float2, RMS_FUSED_LOOPED_BLOCK>;
+  // Two, as in rms_norm_fused_vjp_small.
+  __shared__ typename BlockReduceF2::TempStorage temp[2];
+
+  uint32_t n_vectors = cuda::ceil_div(axis_size, N_READS);
+  uint32_t first_row = blockIdx.x * rows_per_block;
+  uint32_t n_block_rows = min(rows_per_block, n_rows - first_row);
+  if constexpr (HAS_W) {
+    gw += static_cast<size_t>(blockIdx.x) * axis_size;
+  }
+  for (uint32_t k = 0; k < n_block_rows; k++) {
+    size_t row = static_cast<size_t>(first_row + k) * axis_size;
+    float2 sums = {0, 0};
+    for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
+      auto hn = load_vector<N_READS>(h + row, index, axis_size, T(0));
+      auto gn = load_vector<N_READS>(g + row, index, axis_size, T(0));
+      AlignedVector<T, N_READS> wn;
+      if constexpr (HAS_W) {
+        wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
+      }
+      add_vjp_sums<HAS_W>(sums, hn, gn, wn);
+    }
+    sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
+    float inv_rms = rsqrt(sums.x / axis_size + eps);
+    float mean_wgh = sums.y / axis_size;
+    float inv_rms3 = inv_rms * inv_rms * inv_rms;
+
+    for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
+      auto hn = load_vector<N_READS>(h + row, index, axis_size, T(0));
+      auto gn = load_vector<N_READS>(g + row, index, axis_size, T(0));
+      AlignedVector<T, N_READS> wn;
+      AlignedVector<T, N_READS> ghn;
+      AlignedVector<float, N_READS> gwn;
+      if constexpr (HAS_W) {
+        wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
+        if (k == 0) {
+          set_zero(gwn);
+        } else {
+          gwn = load_vector<N_READS>(gw, index, axis_size, 0.0f);
+        }
+      }
+      if constexpr (HAS_GH) {
+        ghn = load_vector<N_READS>(gh + row, index, axis_size, T(0));
+      }
+      store_vector<N_READS>(
+          gx + row,
+          index,
+          vjp_vector<HAS_W, HAS_GH>(
+              hn, gn, wn, ghn, inv_rms, mean_wgh, inv_rms3, gwn),
+          axis_size);
+      if constexpr (HAS_W) {
+        store_vector<N_READS>(gw, index, gwn, axis_size);
+      }
     }
   }
 }
@@ -308,6 +515,7 @@ FusedLaunch fused_launch(uint32_t axis_size, int n_reads) {
   return {block_dim, static_cast<int>(n_chunks)};
 }
 
+// Upstream's dispatch_chunks is private to rms_norm.cu.
 template <typename F>
 void dispatch_fused_chunks(int n_chunks, F&& f) {
   switch (n_chunks) {
@@ -417,23 +625,31 @@ void RMSNormFused::eval_gpu(
         return;
       }
       dispatch_fused_chunks(launch.n_chunks, [&](auto n_chunks) {
-        if (aligned) {
+        dispatch_bool(aligned, [&](auto aligned_constant) {
+          constexpr int N_CHUNKS = n_chunks.value;
+          constexpr bool HAS_RESIDUAL = has_residual.value;
+          constexpr bool ALIGNED = aligned_constant.value;
+          if constexpr (N_CHUNKS == 1) {
+            if (launch.block_dim == WARP_SIZE) {
+              add_node(
+                  cu::rms_norm_fused_small<
+                      DataType,
+                      HAS_RESIDUAL,
+                      N_CHUNKS,
+                      ALIGNED,
+                      N_READS,
+                      WARP_SIZE>);
+              return;
+            }
+          }
           add_node(
               cu::rms_norm_fused_small<
                   DataType,
-                  has_residual.value,
-                  n_chunks.value,
-                  true,
+                  HAS_RESIDUAL,
+                  N_CHUNKS,
+                  ALIGNED,
                   N_READS>);
-        } else {
-          add_node(
-              cu::rms_norm_fused_small<
-                  DataType,
-                  has_residual.value,
-                  n_chunks.value,
-                  false,
-                  N_READS>);
-        }
+        });
       });
     });
   });
@@ -445,89 +661,153 @@ void RMSNormFusedVJP::eval_gpu(
   nvtx3::scoped_range r("RMSNormFusedVJP::eval_gpu");
   auto& s = stream();
   auto& encoder = cu::get_command_encoder(s);
+  array& gx = outputs[0];
+  array& gw = outputs[1];
 
-  const array h = ensure_row_contiguous(inputs[0], encoder, s);
+  // The kernels index rows as row * axis_size. As in RMSNormVJP, gx takes the
+  // buffer of an input that nothing else holds, or of a copy made here: each
+  // value of gx is written by the thread that read its h, g and gh.
+  bool gx_has_buffer = false;
+  auto check_input = [&](const array& in) {
+    bool copied = !in.flags().row_contiguous;
+    bool donate = !gx_has_buffer && in.dtype() == gx.dtype() &&
+        (copied || in.is_donatable());
+    array a = copied ? contiguous_copy_gpu(in, s) : in;
+    if (donate) {
+      gx.copy_shared_buffer(a);
+      gx_has_buffer = true;
+    } else if (copied) {
+      encoder.add_temporary(a);
+    }
+    return a;
+  };
+  const array h = check_input(inputs[0]);
   const array& w = inputs[1];
-  const array dy = ensure_row_contiguous(inputs[2], encoder, s);
-  const array dh_in =
-      has_residual_ ? ensure_row_contiguous(inputs[3], encoder, s) : dy;
-  array& dh = outputs[0];
-  array& dw = outputs[1];
-  bool has_w = w.ndim() != 0;
+  const array g = check_input(inputs[2]);
+  const array gh = has_residual_ ? check_input(inputs[3]) : g;
+  if (!gx_has_buffer) {
+    gx.set_data(cu::malloc_async(gx.nbytes(), encoder));
+  }
 
-  dh.set_data(cu::malloc_async(dh.nbytes(), encoder));
+  // Without a weight, w is a scalar and gw is zero.
+  bool has_w = w.ndim() != 0;
   uint32_t axis_size = h.shape().back();
   uint32_t n_rows = axis_size == 0 ? 0 : h.size() / axis_size;
   if (n_rows == 0 || !has_w) {
-    fill_gpu(array(0, dw.dtype()), dw, s);
+    fill_gpu(array(0, gw.dtype()), gw, s);
   }
   if (n_rows == 0) {
     return;
-  }
-
-  // Per-row weight-gradient partials stay in float32 until they are summed.
-  array dw_rows = has_w
-      ? array(
-            {static_cast<int>(n_rows), h.shape().back()}, float32, nullptr, {})
-      : dy;
-  if (has_w) {
-    dw_rows.set_data(cu::malloc_async(dw_rows.nbytes(), encoder));
-    encoder.add_temporary(dw_rows);
   }
   int64_t w_stride = has_w ? w.strides()[0] : 0;
 
   encoder.set_input_array(h);
   encoder.set_input_array(w);
-  encoder.set_input_array(dy);
+  encoder.set_input_array(g);
   if (has_residual_) {
-    encoder.set_input_array(dh_in);
+    encoder.set_input_array(gh);
   }
-  encoder.set_output_array(dh);
-  if (has_w) {
-    encoder.set_output_array(dw_rows);
-  }
-  dispatch_float_types(dh.dtype(), "rmsnorm_fused_vjp", [&](auto type_tag) {
-    dispatch_bool(has_residual_, [&](auto has_dh) {
-      dispatch_bool(has_w, [&](auto has_w_constant) {
-        using DataType = cuda_type_t<MLX_GET_TYPE(type_tag)>;
-        constexpr int N_READS = 16 / sizeof(DataType);
-        auto launch = fused_launch(axis_size, N_READS);
-        encoder.add_kernel_node(
-            cu::rms_norm_fused_vjp<
-                DataType,
-                has_dh.value,
-                has_w_constant.value,
-                N_READS>,
-            n_rows,
-            launch.block_dim,
-            gpu_ptr<DataType>(h),
-            gpu_ptr<DataType>(w),
-            gpu_ptr<DataType>(dy),
-            gpu_ptr<DataType>(dh_in),
-            gpu_ptr<DataType>(dh),
-            has_w ? gpu_ptr<float>(dw_rows) : nullptr,
-            eps_,
-            axis_size,
-            w_stride);
+  encoder.set_output_array(gx);
+  dispatch_float_types(gx.dtype(), "rmsnorm_fused_vjp", [&](auto type_tag) {
+    using DataType = cuda_type_t<MLX_GET_TYPE(type_tag)>;
+    constexpr int N_READS = 16 / sizeof(DataType);
+
+    // The forward's block size, so that the sum of squares is the forward's.
+    // Each block takes rows_per_block rows, a number that depends on the shape
+    // only, and writes one float32 row of weight-gradient partials: the
+    // weight gradient is the same from run to run.
+    auto launch = fused_launch(axis_size, N_READS);
+    uint32_t max_blocks =
+        std::max(cu::RMS_FUSED_VJP_THREADS / launch.block_dim, 1);
+    uint32_t rows_per_block = cuda::ceil_div(n_rows, max_blocks);
+    uint32_t n_blocks = cuda::ceil_div(n_rows, rows_per_block);
+    array gw_temp(
+        {static_cast<int>(n_blocks), h.shape().back()}, float32, nullptr, {});
+    if (has_w) {
+      gw_temp.set_data(cu::malloc_async(gw_temp.nbytes(), encoder));
+      encoder.add_temporary(gw_temp);
+      encoder.set_output_array(gw_temp);
+    }
+
+    auto is_aligned = [](const array& a) {
+      return cu::is_aligned<N_READS>(gpu_ptr<DataType>(a));
+    };
+    bool small = has_w && launch.n_chunks > 0 &&
+        launch.n_chunks <= cu::RMS_FUSED_VJP_MAX_CHUNKS &&
+        axis_size % N_READS == 0 && w_stride == 1 && is_aligned(h) &&
+        is_aligned(w) && is_aligned(g) && is_aligned(gh) && is_aligned(gx);
+    auto add_node = [&](auto kernel, auto... extra) {
+      encoder.add_kernel_node(
+          kernel,
+          n_blocks,
+          launch.block_dim,
+          gpu_ptr<DataType>(h),
+          gpu_ptr<DataType>(w),
+          gpu_ptr<DataType>(g),
+          gpu_ptr<DataType>(gh),
+          gpu_ptr<DataType>(gx),
+          has_w ? gpu_ptr<float>(gw_temp) : nullptr,
+          eps_,
+          axis_size,
+          n_rows,
+          rows_per_block,
+          extra...);
+    };
+    dispatch_bool(has_residual_, [&](auto has_gh) {
+      if (!small) {
+        dispatch_bool(has_w, [&](auto has_w_constant) {
+          add_node(
+              cu::rms_norm_fused_vjp_looped<
+                  DataType,
+                  has_gh.value,
+                  has_w_constant.value,
+                  N_READS>,
+              w_stride);
+        });
+        return;
+      }
+      dispatch_fused_chunks(launch.n_chunks, [&](auto n_chunks) {
+        constexpr int N_CHUNKS = n_chunks.value;
+        constexpr bool HAS_GH = has_gh.value;
+        if constexpr (N_CHUNKS <= cu::RMS_FUSED_VJP_MAX_CHUNKS) {
+          if constexpr (N_CHUNKS == 1) {
+            if (launch.block_dim == WARP_SIZE) {
+              add_node(
+                  cu::rms_norm_fused_vjp_small<
+                      DataType,
+                      HAS_GH,
+                      N_CHUNKS,
+                      N_READS,
+                      WARP_SIZE>);
+              return;
+            }
+          }
+          add_node(
+              cu::rms_norm_fused_vjp_small<
+                  DataType,
+                  HAS_GH,
+                  N_CHUNKS,
+                  N_READS>);
+        }
       });
     });
-  });
 
-  if (!has_w) {
-    return;
-  }
-  ReductionPlan plan(
-      ReductionOpType::ContiguousStridedReduce,
-      {static_cast<int>(n_rows)},
-      {static_cast<int64_t>(axis_size)});
-  if (dw.dtype() == float32) {
-    col_reduce(encoder, dw_rows, dw, Reduce::ReduceType::Sum, {0}, plan);
-  } else {
-    array dw_f32(dw.shape(), float32, nullptr, {});
-    col_reduce(encoder, dw_rows, dw_f32, Reduce::ReduceType::Sum, {0}, plan);
-    encoder.add_temporary(dw_f32);
-    copy_gpu(dw_f32, dw, CopyType::General, s);
-  }
+    if (!has_w) {
+      return;
+    }
+    ReductionPlan plan(
+        ReductionOpType::ContiguousStridedReduce,
+        {static_cast<int>(n_blocks)},
+        {static_cast<int64_t>(axis_size)});
+    if (gw.dtype() == float32) {
+      col_reduce(encoder, gw_temp, gw, Reduce::ReduceType::Sum, {0}, plan);
+    } else {
+      array gw_f32(gw.shape(), float32, nullptr, {});
+      col_reduce(encoder, gw_temp, gw_f32, Reduce::ReduceType::Sum, {0}, plan);
+      encoder.add_temporary(gw_f32);
+      copy_gpu(gw_f32, gw, CopyType::General, s);
+    }
+  });
 }
 
 } // namespace fast
