@@ -111,13 +111,24 @@ def test_nan_and_inf_propagate_like_rms_norm() -> None:
 
 
 def test_memory_does_not_grow_over_many_calls() -> None:
+    # A backend may keep a constant amount more after the first calls (on an
+    # H200, 8 KiB more after 10,000 calls than after 100). A leak grows with the
+    # calls: a single scalar kept per call adds 4 bytes or more, so 36,000 over
+    # the last 9,000 calls, while the check allows under one byte per call.
     x, r, w = mx.ones((4, 256)), mx.ones((4, 256)), mx.ones((256,))
-    for _ in range(100):
-        mx.eval(*mx.fast.rmsnorm_fused(x, w, residual=r))
+
+    def calls(n: int) -> None:
+        for _ in range(n):
+            mx.eval(*mx.fast.rmsnorm_fused(x, w, residual=r))
+        mx.synchronize()
+
+    calls(100)
     before = mx.get_active_memory()
-    for _ in range(10_000):
-        mx.eval(*mx.fast.rmsnorm_fused(x, w, residual=r))
-    assert mx.get_active_memory() == before
+    calls(1_000)
+    after_1k = mx.get_active_memory()
+    calls(9_000)
+    after_10k = mx.get_active_memory()
+    assert after_10k - after_1k < 9_000, (before, after_1k, after_10k)
 
 
 def test_no_temporary_beyond_the_outputs() -> None:
