@@ -54,6 +54,12 @@ def models() -> tuple[nn.Module, nn.Module, nn.Module]:
     return quantized, dequantized_copy(quantized), original
 
 
+# The two models differ only in how their matmuls round: qmm against a float
+# matmul (TF32 on CUDA), through two layers and a softmax. Quantization itself
+# moves the logits by about 0.5 (test_four_bits_differ_from_the_float_model).
+TOLERANCE = 1e-2
+
+
 def rel_error(a: mx.array, b: mx.array) -> float:
     a64 = np.array(a.astype(mx.float32), np.float64)
     b64 = np.array(b.astype(mx.float32), np.float64)
@@ -68,13 +74,13 @@ def test_prefill_and_decode_match_dequantized_weights(models):
     caches = make_prompt_cache(quantized), make_prompt_cache(plain)
     logits = [m(TOKENS, cache=c) for m, c in zip((quantized, plain), caches, strict=True)]
     assert logits[0].shape == (1, 16, ARGS.vocab_size)
-    assert rel_error(*logits) < 1e-3
+    assert rel_error(*logits) < TOLERANCE, rel_error(*logits)
     # Decode: one token at a time through the KV cache.
     token = mx.argmax(logits[1][:, -1:], axis=-1)
     for _ in range(3):
         steps = [m(token, cache=c) for m, c in zip((quantized, plain), caches, strict=True)]
         assert steps[0].shape == (1, 1, ARGS.vocab_size)
-        assert rel_error(*steps) < 1e-3
+        assert rel_error(*steps) < TOLERANCE, rel_error(*steps)
         token = mx.argmax(steps[1][:, -1:], axis=-1)
     assert caches[0][0].offset == 19
 
@@ -82,4 +88,4 @@ def test_prefill_and_decode_match_dequantized_weights(models):
 def test_four_bits_differ_from_the_float_model(models):
     """The tolerance above separates kernels from quantization error."""
     quantized, _, original = models
-    assert rel_error(quantized(TOKENS), original(TOKENS)) > 1e-2
+    assert rel_error(quantized(TOKENS), original(TOKENS)) > 10 * TOLERANCE
