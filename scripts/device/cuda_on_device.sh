@@ -9,7 +9,9 @@
 #   build     our CUDA wheel into wheels/ (about 6 minutes with 16 cores)
 #   baseline  the unpatched tree's CUDA wheel, same pin and options, into .device/baseline/
 #   test      tests/wheel on the GPU (all but test_install.py, which needs PyPI)
-#   suite     upstream's python/tests on the GPU against both wheels, compared
+#   suite-ours, suite-baseline
+#             upstream's python/tests on the GPU against one wheel (they may run at once)
+#   compare   the two suite results: no new failures, the shared ones listed
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
 #   save      our wheel, split in 15 MB parts, to $OUT/wheel.* for a later call, which
 #             takes them from .device/wheel/ (with the file name in .device/wheel/name)
@@ -24,7 +26,10 @@ while (($#)); do
   case $1 in
     --archs) archs=$2; shift 2 ;;
     --nvtx-from-toolkit) nvtx=(--nvtx-from-toolkit); shift ;;
-    build | baseline | test | suite | bench | save) stages+=("$1"); shift ;;
+    build | baseline | test | suite-ours | suite-baseline | compare | bench | save)
+      stages+=("$1")
+      shift
+      ;;
     *) echo "cuda_on_device.sh: unknown stage or option: $1" >&2; exit 2 ;;
   esac
 done
@@ -93,19 +98,19 @@ for stage in "${stages[@]}"; do
         >"$out/tests.log" 2>&1 || failed+=" test"
       tail -15 "$out/tests.log"
       ;;
-    suite)
-      # Both suites at once on the one GPU: they are small and mostly host-bound.
-      for which in ours baseline; do
-        if [[ $which == ours ]]; then
-          src=$(tree mlx-src) lib=$(site /tmp/site-ours "$(ours)")
-        else
-          src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline .device/baseline/mlx-*.whl)
-        fi
-        (cd "$src/python/tests" && PYTHONPATH=$lib timeout "${SUITE_TIMEOUT:-420}" python3 -m pytest \
-          -q -p no:cacheprovider --no-header -o addopts= --rootdir=. \
-          --junitxml="$out/suite-$which.xml" . >"$out/suite-$which.log" 2>&1) &
-      done
-      wait || true
+    suite-ours | suite-baseline)
+      # Upstream's python/tests against one wheel; `compare` reads both results.
+      if [[ $stage == suite-ours ]]; then
+        which=ours src=$(tree mlx-src) lib=$(site /tmp/site-ours "$(ours)")
+      else
+        which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline .device/baseline/mlx-*.whl)
+      fi
+      (cd "$src/python/tests" && PYTHONPATH=$lib timeout "${SUITE_TIMEOUT:-900}" python3 -m pytest \
+        -q -p no:cacheprovider --no-header -o addopts= --rootdir=. \
+        --junitxml="$out/suite-$which.xml" . >"$out/suite-$which.log" 2>&1) || true
+      tail -3 "$out/suite-$which.log"
+      ;;
+    compare)
       python3 scripts/device/compare_suites.py "$out/suite-ours.xml" "$out/suite-baseline.xml" \
         --out "$out/suite.md" || failed+=" suite"
       ;;
