@@ -7,7 +7,7 @@
 # Usage: scripts/device/cuda_on_device.sh STAGE... [--archs 90a-real] [--nvtx-from-toolkit]
 # Stages, run in the order given:
 #   build     our CUDA wheel into wheels/ (about 6 minutes with 16 cores)
-#   baseline  the unpatched tree's CUDA wheel, same pin and options, into .device/baseline/
+#   baseline  the unpatched tree's CUDA wheel, same pin and options, into build/device-baseline/
 #   test      tests/wheel on the GPU (all but test_install.py, which needs PyPI)
 #   suite-ours, suite-baseline
 #             upstream's python/tests on the GPU against one wheel (they may run at once)
@@ -46,8 +46,9 @@ machine() {
   cmake --version | head -1
 }
 
-tree() { # unpack .device/NAME.tar.xz once
-  local dir=.device/$1
+tree() { # unpack .device/NAME.tar.xz once, outside .device/: a call that carries
+  # .device/ replaces the machine's copy, and with it a build in progress there
+  local dir=build/device-trees/$1
   if [[ ! -f $dir/CMakeLists.txt ]]; then
     mkdir -p "$dir"
     tar -xJf ".device/$1.tar.xz" -C "$dir"
@@ -88,7 +89,7 @@ for stage in "${stages[@]}"; do
       build "$(tree mlx-src)" wheels
       ;;
     baseline)
-      build "$(tree mlx-pristine)" .device/baseline --no-label
+      build "$(tree mlx-pristine)" build/device-baseline --no-label
       ;;
     test)
       lib=$(site /tmp/site-ours "$(ours)" .whl/mlx_lm-*.whl)
@@ -103,7 +104,7 @@ for stage in "${stages[@]}"; do
       if [[ $stage == suite-ours ]]; then
         which=ours src=$(tree mlx-src) lib=$(site /tmp/site-ours "$(ours)")
       else
-        which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline .device/baseline/mlx-*.whl)
+        which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline build/device-baseline/mlx-*.whl)
       fi
       (cd "$src/python/tests" && PYTHONPATH=$lib timeout "${SUITE_TIMEOUT:-900}" python3 -m pytest \
         -q -p no:cacheprovider --no-header -o addopts= --rootdir=. \
