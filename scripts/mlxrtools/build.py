@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import pinned_deps
+from .adoption_wheel import build_adoption_wheel
 from .cuda_deps import cuda_cmake_args, toolkit_nvtx
 from .deps import ensure_requirements
 from .gitcmd import git
@@ -372,6 +373,8 @@ def build(
         )
     else:
         tree = apply(layout, quiet=True)
-    return build_wheel(
+    wheel = build_wheel(
         layout, tree, out_dir, local_label(layout), backend, jobs, force, cuda_archs, deps
     )
+    build_adoption_wheel(layout, out_dir)
+    return wheel

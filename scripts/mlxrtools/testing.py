@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from .adoption_wheel import install_adoption_wheel
 from .build import build, build_wheel, cmake_args, make_venv, venv_python
 from .install import install_wheel
 from .layout import Layout, cache_home
@@ -71,6 +72,7 @@ def run_tests(layout: Layout, pytest_args: list[str], jobs: int | None = None) -
     print(f"mlxr test: fresh venv in {layout.test_venv.relative_to(layout.root)}", flush=True)
     python = fresh_venv(layout.test_venv)
     install_wheel(python, wheel)
+    install_adoption_wheel(python, layout)
 
     layout.results.mkdir(parents=True, exist_ok=True)
     patched = patched_result(layout, python, wheel)

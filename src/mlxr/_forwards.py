@@ -1,0 +1,91 @@
+"""The fused forward of each supported family's inner model (`model.model`).
+
+Each mirrors the stock `__call__` of mlx-lm 0.32.2 line for line (embeddings, the attention
+masks from mlx-lm's own `create_attention_mask`, the KV caches, sliding windows, pipeline
+stages) and differs only in running the layers and the final norm through `_blocks`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import create_attention_mask
+
+from ._blocks import finish, norm, run_layers
+
+
+def _embed(model: nn.Module, inputs: mx.array, input_embeddings: mx.array | None) -> mx.array:
+    if input_embeddings is not None:
+        return input_embeddings
+    return model.embed_tokens(inputs)
+
+
+def llama_call(
+    self: nn.Module,
+    inputs: mx.array,
+    cache: list[Any] | None = None,
+    input_embeddings: mx.array | None = None,
+) -> mx.array:
+    """`LlamaModel.__call__` (llama, mistral), with full and sliding-window layers."""
+    h = _embed(self, inputs, input_embeddings)
+    if cache is None:
+        cache = [None] * len(self.layers)
+    fa_mask = create_attention_mask(h, cache[self.fa_idx])
+    swa_mask = None
+    if self.swa_idx is not None:
+        swa_mask = create_attention_mask(h, cache[self.swa_idx], window_size=self.sliding_window)
+    masks = [swa_mask if layer.use_sliding else fa_mask for layer in self.layers]
+    branch, h = run_layers(self.layers, h, masks, cache)
+    return finish(branch, h, self.norm)[0]
+
+
+def qwen3_call(
+    self: nn.Module,
+    inputs: mx.array,
+    cache: list[Any] | None = None,
+    input_embeddings: mx.array | None = None,
+) -> mx.array:
+    """`Qwen3Model.__call__`: one causal mask for every layer."""
+    h = _embed(self, inputs, input_embeddings)
+    if cache is None:
+        cache = [None] * len(self.layers)
+    mask = create_attention_mask(h, cache[0])
+    branch, h = run_layers(self.layers, h, [mask] * len(self.layers), cache)
+    return finish(branch, h, self.norm)[0]
+
+
+def qwen2_call(
+    self: nn.Module,
+    inputs: mx.array,
+    cache: list[Any] | None = None,
+    input_embeddings: mx.array | None = None,
+) -> mx.array:
+    """`Qwen2Model.__call__`, including its pipeline stages (`PipelineMixin`).
+
+    A pipeline stage hands the full stream to the next stage, so there the last MLP add is
+    taken out of the final norm's fused call, and the norm of the gathered stream is a plain
+    `rmsnorm_fused` after the exchange, as in the stock model.
+    """
+    h = _embed(self, inputs, input_embeddings)
+    rank, size = self.pipeline_rank, self.pipeline_size
+    layers = self.pipeline_layers
+    if cache is None:
+        cache = [None] * len(layers)
+    mask = create_attention_mask(h, cache[0])
+
+    if rank < size - 1:
+        h = mx.distributed.recv_like(h, rank + 1)
+
+    branch, h = run_layers(layers, h, [mask] * len(layers), cache)
+    if size == 1:
+        return finish(branch, h, self.norm)[0]
+
+    h = finish(branch, h, self.norm)[1]
+    if rank != 0:
+        h = mx.distributed.send(h, (rank - 1) % size)
+        if cache[-1] is not None:
+            cache[-1].keys = mx.depends(cache[-1].keys, h)
+    h = mx.distributed.all_gather(h)[: h.shape[0]]
+    return norm(h, self.norm)

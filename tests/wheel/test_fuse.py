@@ -1,0 +1,331 @@
+"""mlxr.fuse on tiny random mlx-lm models of every supported family: the fused model gives
+the stock model's logits and greedy generations, with no standalone residual add or RMS norm
+left between its blocks, quantized or compiled, and unknown architectures are refused."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx.utils import tree_flatten, tree_map
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+# Checks of our package, not of the op. The test command installs mlx-lm and the mlxr wheel.
+pytestmark = pytest.mark.vendor
+llama = pytest.importorskip("mlx_lm.models.llama")
+qwen2 = pytest.importorskip("mlx_lm.models.qwen2")
+qwen3 = pytest.importorskip("mlx_lm.models.qwen3")
+gemma = pytest.importorskip("mlx_lm.models.gemma")
+make_prompt_cache = pytest.importorskip("mlx_lm.models.cache").make_prompt_cache
+generate_step = pytest.importorskip("mlx_lm.generate").generate_step
+
+
+def import_mlxr() -> Any:
+    """The installed mlxr package. tests/conftest.py puts scripts/ first on sys.path, where
+    the CLI scripts/mlxr.py would shadow it."""
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != SCRIPTS]
+    try:
+        if not hasattr(sys.modules.get("mlxr"), "__path__"):
+            sys.modules.pop("mlxr", None)
+        return importlib.import_module("mlxr")
+    except ImportError as err:
+        pytest.skip(f"the mlxr package is not installed: {err}", allow_module_level=True)
+    finally:
+        sys.path[:] = saved
+
+
+mlxr = import_mlxr()
+
+LAYERS = 2
+COMMON: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": LAYERS,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 128,
+}
+# name: (mlx-lm module, its ModelArgs)
+FAMILIES: dict[str, tuple[Any, Any]] = {
+    "llama": (llama, llama.ModelArgs(model_type="llama", tie_word_embeddings=False, **COMMON)),
+    # A sliding-window layer before a full one; generation runs past the window.
+    "llama-sliding": (
+        llama,
+        llama.ModelArgs(
+            model_type="llama",
+            layer_types=["sliding_attention", "full_attention"],
+            sliding_window=8,
+            **COMMON,
+        ),
+    ),
+    "mistral": (llama, llama.ModelArgs(model_type="mistral", **COMMON)),
+    "qwen2": (qwen2, qwen2.ModelArgs(model_type="qwen2", **COMMON)),
+    "qwen3": (
+        qwen3,
+        qwen3.ModelArgs(
+            model_type="qwen3",
+            head_dim=16,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            rope_theta=1e6,
+            **COMMON,
+        ),
+    ),
+}
+TOKENS = mx.array([[3, 17, 99, 42, 5, 64, 0, 127, 8, 33, 71, 12], list(range(12))])
+
+
+def random_stock(name: str, seed: int = 0) -> nn.Module:
+    """A stock model whose norm weights and biases are not their ones and zeros."""
+    module, args = FAMILIES[name]
+    mx.random.seed(seed)
+    model = module.Model(args)
+    model.update(
+        tree_map(
+            lambda p: p + 0.3 * mx.random.normal(p.shape) if p.ndim == 1 else p,
+            model.parameters(),
+        )
+    )
+    mx.eval(model.parameters())
+    return model
+
+
+def fused_twin(name: str, stock: nn.Module) -> nn.Module:
+    """A model of the same family, fused, then loaded with the stock model's weights."""
+    module, args = FAMILIES[name]
+    model = mlxr.fuse(module.Model(args))
+    model.load_weights(tree_flatten(stock.parameters()))
+    return model
+
+
+def rel_err(a: mx.array, ref: mx.array) -> float:
+    a, ref = a.astype(mx.float32), ref.astype(mx.float32)
+    return (mx.abs(a - ref).max() / mx.abs(ref).max()).item()
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def pair(family: str) -> tuple[nn.Module, nn.Module]:
+    stock = random_stock(family)
+    return stock, fused_twin(family, stock)
+
+
+def test_supported_architectures() -> None:
+    assert mlxr.supported_architectures() == ["llama", "mistral", "qwen2", "qwen3"]
+
+
+def test_logits_match_stock(pair: tuple[nn.Module, nn.Module]) -> None:
+    stock, fused = pair
+    assert mlxr.is_fused(fused) and not mlxr.is_fused(stock)
+    ref = stock(TOKENS)
+    assert rel_err(fused(TOKENS), ref) <= 1e-5
+    # A single token without a cache (no mask) too.
+    assert rel_err(fused(TOKENS[:, :1]), stock(TOKENS[:, :1])) <= 1e-5
+
+
+def greedy(model: nn.Module, prompt: mx.array, n: int) -> list[int]:
+    steps = generate_step(
+        prompt, model, max_tokens=n, prompt_cache=make_prompt_cache(model), prefill_step_size=4
+    )
+    return [int(token) for token, _ in steps]
+
+
+def test_greedy_generation_matches_stock(pair: tuple[nn.Module, nn.Module]) -> None:
+    stock, fused = pair
+    prompt = TOKENS[0, :10]
+    want = greedy(stock, prompt, 32)
+    assert len(want) == 32
+    assert greedy(fused, prompt, 32) == want
+
+
+def test_bfloat16_no_less_accurate_than_stock(family: str) -> None:
+    ref = random_stock(family)(TOKENS)
+    stock = random_stock(family)
+    stock.set_dtype(mx.bfloat16)
+    fused = fused_twin(family, stock)
+    assert fused.model.norm.weight.dtype == mx.bfloat16
+    out = fused(TOKENS)
+    assert out.dtype == mx.bfloat16
+    stock_err, fused_err = rel_err(stock(TOKENS), ref), rel_err(out, ref)
+    assert fused_err < 0.05
+    assert fused_err <= 1.1 * stock_err, (fused_err, stock_err)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_quantized(family: str, when: str) -> None:
+    stock = random_stock(family)
+    nn.quantize(stock, group_size=32, bits=4)
+    module, args = FAMILIES[family]
+    model = module.Model(args)
+    model.update(random_stock(family).parameters())
+    if when == "before":
+        nn.quantize(model, group_size=32, bits=4)
+        mlxr.fuse(model)
+    else:
+        mlxr.fuse(model)
+        nn.quantize(model, group_size=32, bits=4)
+    assert mlxr.is_fused(model)
+    assert isinstance(model.model.layers[0].mlp.down_proj, nn.QuantizedLinear)
+    assert rel_err(model(TOKENS), stock(TOKENS)) <= 1e-5
+    assert greedy(model, TOKENS[1, :10], 16) == greedy(stock, TOKENS[1, :10], 16)
+
+
+def test_compiled(pair: tuple[nn.Module, nn.Module]) -> None:
+    stock, fused = pair
+    compiled = mx.compile(fused)
+    ref = stock(TOKENS)
+    assert rel_err(compiled(TOKENS), ref) <= 1e-5
+    assert rel_err(compiled(TOKENS), ref) <= 1e-5  # the cached graph
+
+
+@pytest.fixture
+def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """Calls to mx.fast.rms_norm and mx.fast.rmsnorm_fused, by name."""
+    seen = {"rms_norm": 0, "rmsnorm_fused": 0}
+
+    def counting(name: str) -> Callable[..., Any]:
+        real = getattr(mx.fast, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in seen:
+        monkeypatch.setattr(mx.fast, name, counting(name))
+    yield seen
+
+
+def primitives(tmp_path: Path, out: mx.array, name: str) -> list[str]:
+    dot = tmp_path / f"{name}.dot"
+    mx.export_to_dot(str(dot), out)
+    text = dot.read_text()
+    return [
+        line.split('label ="')[1].split('"')[0] for line in text.splitlines() if "label" in line
+    ]
+
+
+def test_no_standalone_add_or_norm_between_blocks(
+    pair: tuple[nn.Module, nn.Module], counts: dict[str, int], tmp_path: Path
+) -> None:
+    stock, fused = pair
+    stock_out = stock(TOKENS)
+    stock_norms = counts["rms_norm"]
+    # Qwen3 normalises queries and keys inside attention; those stay as they are.
+    assert stock_norms >= 2 * LAYERS + 1 and counts["rmsnorm_fused"] == 0
+    counts["rms_norm"] = 0
+    fused_out = fused(TOKENS)
+    assert counts["rmsnorm_fused"] == 2 * LAYERS + 1
+    assert counts["rms_norm"] == stock_norms - (2 * LAYERS + 1)
+
+    # In the graph: 2 residual adds per layer are gone. A device whose rms_norm is a
+    # composition of primitives (the CPU) shows an Add for its eps in every rms_norm too.
+    x = mx.ones((1, 4, COMMON["hidden_size"]))
+    per_norm = primitives(tmp_path, mx.fast.rms_norm(x, x[0, 0], 1e-5), "norm").count("Add")
+    stock_graph = primitives(tmp_path, stock_out, "stock")
+    fused_graph = primitives(tmp_path, fused_out, "fused")
+    assert fused_graph.count("RMSNormFused") == 2 * LAYERS + 1
+    removed = stock_graph.count("Add") - fused_graph.count("Add")
+    assert removed == 2 * LAYERS + (2 * LAYERS + 1) * per_norm
+
+
+def test_fuse_is_idempotent(pair: tuple[nn.Module, nn.Module], counts: dict[str, int]) -> None:
+    _, fused = pair
+    once = fused(TOKENS)
+    cls = type(fused.model)
+    assert mlxr.fuse(fused) is fused
+    assert type(fused.model) is cls
+    counts["rmsnorm_fused"] = 0
+    assert mx.array_equal(fused(TOKENS), once)
+    assert counts["rmsnorm_fused"] == 2 * LAYERS + 1
+
+
+def test_uses_the_models_own_norm_weights_and_eps(family: str) -> None:
+    stock = random_stock(family)
+    fused = fused_twin(family, stock)
+    for model in (stock, fused):
+        norms = [m for _, m in model.model.named_modules() if isinstance(m, nn.RMSNorm)]
+        for i, m in enumerate(norms):
+            m.eps = 0.05 * (i + 1)  # large against the mean square, so eps shows
+    assert rel_err(fused(TOKENS), stock(TOKENS)) <= 1e-5
+    # And weights updated after fusing: scaling the final norm's weight moves the logits.
+    before = fused(TOKENS)
+    for model in (stock, fused):
+        model.model.norm.weight = model.model.norm.weight * 2
+    assert rel_err(fused(TOKENS), stock(TOKENS)) <= 1e-5
+    assert rel_err(fused(TOKENS), before) > 0.5
+
+
+UNSUPPORTED = "[mlxr.fuse] unsupported architecture '{}'; supported: llama, mistral, qwen2, qwen3"
+
+
+def test_unknown_architecture_refused() -> None:
+    args = gemma.ModelArgs(model_type="gemma", head_dim=16, **COMMON)
+    model = gemma.Model(args)
+    cls = type(model.model)
+    with pytest.raises(ValueError) as err:
+        mlxr.fuse(model)
+    assert str(err.value) == UNSUPPORTED.format("gemma")
+    assert type(model.model) is cls
+
+    with pytest.raises(ValueError) as err:
+        mlxr.fuse(nn.Linear(2, 2))
+    assert str(err.value) == UNSUPPORTED.format("None")
+
+
+def test_mislabelled_architecture_refused() -> None:
+    """A model_type names the architecture, but another mlx-lm module built the model."""
+    module, args = FAMILIES["qwen3"]
+    model = module.Model(args)
+    model.model_type = "llama"
+    with pytest.raises(ValueError, match=r"^\[mlxr\.fuse\] model_type 'llama' is supported, but"):
+        mlxr.fuse(model)
+    assert not mlxr.is_fused(model)
+
+    stock = random_stock("llama")
+    stock.model.layers[1].post_attention_layernorm = nn.LayerNorm(COMMON["hidden_size"])
+    with pytest.raises(ValueError, match="layer 1's post_attention_layernorm is not an nn.RMSNorm"):
+        mlxr.fuse(stock)
+
+
+def test_qwen2_pipeline_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pipeline stages in one process, the exchange between them monkeypatched: the last
+    stage's output is the stock model's."""
+    stock = random_stock("qwen2")
+    sent: list[mx.array] = []
+    monkeypatch.setattr(mx.distributed, "send", lambda h, dst: sent.append(h) or h)
+    monkeypatch.setattr(mx.distributed, "recv_like", lambda h, src: sent[-1])
+    monkeypatch.setattr(mx.distributed, "all_gather", lambda h: h)
+
+    class Group:
+        def __init__(self, rank: int) -> None:
+            self._rank = rank
+
+        def rank(self) -> int:
+            return self._rank
+
+        def size(self) -> int:
+            return 2
+
+    stages = []
+    for rank in (1, 0):  # rank 1 runs the first layer, rank 0 the last
+        model = fused_twin("qwen2", stock)
+        model.model.pipeline(Group(rank))
+        stages.append(model)
+    stages[0](TOKENS)
+    assert len(sent) == 1
+    assert rel_err(stages[1](TOKENS), stock(TOKENS)) <= 1e-5
