@@ -4,6 +4,7 @@
 #include <bit>
 #include <cassert>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -186,43 +187,54 @@ void rms_norm_fused(
     r_rows.emplace(*r);
   }
 
+  // Scratch rows of floats, left uninitialized (each is written before it is
+  // read): h, or x when it is not read in place, and w when it is not.
+  constexpr bool is_float = std::is_same_v<T, float>;
+  bool x_buffered = r || !(is_float && x_rows.axis_stride == 1);
+  bool w_buffered = has_weight && !(is_float && w_stride == 1);
+  int n_buffers = x_buffered + w_buffered;
+
   encoder.dispatch([=]() {
-    // At most three rows of floats, whatever the number of rows.
-    std::vector<float> w_row(has_weight ? axis_size : 0);
-    std::vector<float> x_buf(axis_size);
-    std::vector<float> r_buf(r_ptr ? axis_size : 0);
-    if (has_weight) {
-      for (int i = 0; i < axis_size; i++) {
-        w_row[i] = to_float(w_ptr[i * w_stride]);
-      }
-    }
+    std::unique_ptr<float[]> scratch(
+        n_buffers > 0 ? new float[int64_t(n_buffers) * axis_size] : nullptr);
+    float* buffers = scratch.get();
+    float* x_buf = buffers;
+    const float* wf = has_weight
+        ? load_row(w_ptr, w_stride, axis_size, buffers + x_buffered * axis_size)
+        : nullptr;
     for (int64_t row = 0; row < n_rows; row++) {
-      const float* hf = load_row(
-          x_ptr + x_rows.offset(row),
-          x_rows.axis_stride,
-          axis_size,
-          x_buf.data());
+      const float* hf;
       if (r_ptr) {
-        const float* rf = load_row(
-            r_ptr + r_rows->offset(row),
-            r_rows->axis_stride,
-            axis_size,
-            r_buf.data());
-        // h is rounded to T, as x + r is, and then normalized.
+        // h is rounded to T, as x + r is, and then normalized. x and r are
+        // read in place.
+        const T* x_row = x_ptr + x_rows.offset(row);
+        const T* r_row = r_ptr + r_rows->offset(row);
+        int64_t x_stride = x_rows.axis_stride;
+        int64_t r_stride = r_rows->axis_stride;
         T* h_out = h_ptr + row * axis_size;
-        float* h_buf = x_buf.data();
-        for (int i = 0; i < axis_size; i++) {
-          T hi = from_float<T>(hf[i] + rf[i]);
-          h_out[i] = hi;
-          h_buf[i] = to_float(hi);
+        if (x_stride == 1 && r_stride == 1) {
+          for (int i = 0; i < axis_size; i++) {
+            T hi = from_float<T>(to_float(x_row[i]) + to_float(r_row[i]));
+            h_out[i] = hi;
+            x_buf[i] = to_float(hi);
+          }
+        } else {
+          for (int i = 0; i < axis_size; i++) {
+            T hi = from_float<T>(
+                to_float(x_row[i * x_stride]) + to_float(r_row[i * r_stride]));
+            h_out[i] = hi;
+            x_buf[i] = to_float(hi);
+          }
         }
-        hf = h_buf;
+        hf = x_buf;
+      } else {
+        hf = load_row(
+            x_ptr + x_rows.offset(row), x_rows.axis_stride, axis_size, x_buf);
       }
       float inv_rms =
           1.0f / std::sqrt(sum_squares(hf, axis_size) / axis_size + eps);
       T* y_out = y_ptr + row * axis_size;
       if (has_weight) {
-        const float* wf = w_row.data();
         for (int i = 0; i < axis_size; i++) {
           float n = to_float(from_float<T>(hf[i] * inv_rms));
           y_out[i] = from_float<T>(wf[i] * n);
