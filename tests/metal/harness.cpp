@@ -1,12 +1,14 @@
 // Runs the mlxr Metal kernels on the CPU under the shim in shim/metal_shim.h.
 //
-//   harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS]
+//   harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS [MAX]]
 //     FAMILY fwd|vjp, DTYPE float32|float16|bfloat16, ORDER forward|reverse|
 //     simdgroup0_last|simdgroup_eager. Reads x, r, w (fwd) or h, w, dy, dh_in
 //     (vjp) as raw arrays from DIR and writes out, h (fwd) or dh, and with a
 //     weight the float32 partials dw_partials and their sum dw (vjp) there.
 //     GROUPS replaces the backward's target number of row groups
-//     (RMS_FUSED_VJP_GROUPS), so that short tests get several rows per group.
+//     (RMS_FUSED_VJP_GROUPS), so that short tests get several rows per group;
+//     0 keeps it. MAX is the pipeline's maxTotalThreadsPerThreadgroup (1024
+//     unless given), from which eval_gpu picks the threadgroup sizes.
 //   harness geometry AXIS ROWS MAX_THREADS
 //     Prints the launches that eval_gpu would use, as key=value pairs.
 //
@@ -115,6 +117,7 @@ struct Launch {
   Order order;
   int rows;
   uint axis;
+  size_t max_threads;
 };
 
 // Each threadgroup runs to completion before the next starts, which is one of
@@ -226,8 +229,7 @@ void run_vjp(const Launch& l, bool residual, bool has_weight, const std::string&
   dw_partials.check_guards("dw_partials");
   if (has_weight) {
     // The second launch, as eval_gpu makes it.
-    auto combine = mlx::core::fast::rms_norm_fused_combine_dispatch(
-        axis, mlxr_harness::MAX_THREADS_PER_GROUP);
+    auto combine = mlx::core::fast::rms_norm_fused_combine_dispatch(axis, l.max_threads);
     void* combine_kernel = find_kernel(combine.kernel_name(type_name<T>()));
     using Fn = void (*)(const float*, T*, uint&, uint&, uint);
     for_each_thread(combine.grid_size, combine.threadgroup_size, l.order, [&](uint gid, uint lid) {
@@ -267,14 +269,15 @@ int main_run(int argc, char** argv) {
   l.order = parse_order(argv[8]);
   l.rows = rows;
   l.axis = axis;
+  size_t target = argc >= 11 ? std::stoul(argv[10]) : 0;
+  l.max_threads = argc >= 12 ? std::stoul(argv[11]) : mlxr_harness::MAX_THREADS_PER_GROUP;
   if (family == "vjp") {
-    size_t target = argc == 11 ? std::stoul(argv[10]) : mlx::core::fast::RMS_FUSED_VJP_GROUPS;
+    target = target ? target : mlx::core::fast::RMS_FUSED_VJP_GROUPS;
     l.groups = mlx::core::fast::rms_norm_fused_vjp_groups(rows, target);
   } else {
     l.groups = {1, uint32_t(rows)};
   }
-  l.dispatch = mlx::core::fast::rms_norm_fused_dispatch(
-      axis, l.groups.n_groups, mlxr_harness::MAX_THREADS_PER_GROUP);
+  l.dispatch = mlx::core::fast::rms_norm_fused_dispatch(axis, l.groups.n_groups, l.max_threads);
   l.name = (family == "vjp" ? "vjp_" : "") + l.dispatch.kernel_name(residual, dtype);
   std::string dir = argv[9];
   if (dtype == "float32") {
@@ -315,13 +318,13 @@ int main_geometry(char** argv) {
 
 int main(int argc, char** argv) {
   try {
-    if ((argc == 10 || argc == 11) && std::string(argv[1]) == "run") {
+    if (argc >= 10 && argc <= 12 && std::string(argv[1]) == "run") {
       return main_run(argc, argv);
     }
     if (argc == 5 && std::string(argv[1]) == "geometry") {
       return main_geometry(argv);
     }
-    std::cerr << "usage: harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS]\n"
+    std::cerr << "usage: harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS [MAX]]\n"
                  "       harness geometry AXIS ROWS MAX_THREADS\n";
     return 2;
   } catch (const std::exception& e) {

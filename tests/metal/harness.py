@@ -17,6 +17,8 @@ KERNEL = ROOT / "overlay" / "mlx" / "backend" / "metal" / "kernels" / "rms_norm_
 BUILD = ROOT / "build" / "metal-harness"
 ORDERS = ("forward", "reverse", "simdgroup0_last", "simdgroup_eager")
 EPS = 1e-5
+# Every harness run ends within this many seconds or fails: a hang is a bug.
+TIMEOUT_S = 120
 
 
 def threadgroup_to_shim(source: str) -> str:
@@ -40,7 +42,9 @@ def compile_harness(source: str, name: str, asan: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = out_dir / "kernel.metal"
     kernel.write_text(threadgroup_to_shim(source))
-    flags = ["-O1", "-g"]
+    # Uninitialised thread-local values get a pattern (-1.7e38 in float32)
+    # instead of whatever the stack held, so that reading one shows.
+    flags = ["-O1", "-g", "-ftrivial-auto-var-init=pattern"]
     if asan:
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-DMLXR_ASAN"]
     cmd = [
@@ -93,18 +97,23 @@ class Case:
     order: str = "reverse"
     # vjp: the target number of row groups, in place of RMS_FUSED_VJP_GROUPS.
     groups: int | None = None
+    # The pipeline's maxTotalThreadsPerThreadgroup, which eval_gpu respects.
+    max_threads: int = 1024
+    # Inputs are standard normal times this (large magnitudes: 100).
+    scale: float = 1.0
 
     def inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed + self.axis)
         shape = (self.rows, self.axis)
         names = ("x", "r") if self.family == "fwd" else ("h", "dy", "dh_in")
-        arrays = {n: to_storage(rng.normal(size=shape), self.dtype) for n in names}
+        arrays = {n: to_storage(self.scale * rng.normal(size=shape), self.dtype) for n in names}
         arrays["w"] = to_storage(rng.normal(size=self.axis), self.dtype)
         return arrays
 
 
-def run(binary: Path, case: Case, work: Path) -> dict[str, np.ndarray]:
-    """Run one launch; return the inputs and the outputs, as stored."""
+def run(binary: Path, case: Case, work: Path, timeout: float = TIMEOUT_S) -> dict[str, np.ndarray]:
+    """Run one launch; return the inputs and the outputs, as stored. A run
+    that does not end within `timeout` seconds fails."""
     work.mkdir(parents=True, exist_ok=True)
     arrays = case.inputs()
     for name, a in arrays.items():
@@ -113,14 +122,17 @@ def run(binary: Path, case: Case, work: Path) -> dict[str, np.ndarray]:
         str(binary), "run", case.family, case.dtype, str(case.rows), str(case.axis),
         str(int(case.residual)), str(int(case.has_w)), case.order, str(work),
     ]  # fmt: skip
-    if case.groups is not None:
-        cmd.append(str(case.groups))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd += [str(case.groups or 0), str(case.max_threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HarnessFailure(f"hang: the harness ran past {timeout} s") from None
     if proc.returncode != 0:
         raise HarnessFailure(proc.stderr.strip() or f"exit {proc.returncode}")
     launch = dict(item.split("=", 1) for item in proc.stdout.split())
     arrays["groups"] = int(launch["groups"])
     arrays["rows_per_group"] = int(launch["rows_per_group"])
+    arrays["threadgroup"] = int(launch["threadgroup"])
     shapes = {"out": (case.rows, case.axis), "h": (case.rows, case.axis)}
     shapes |= {"dh": (case.rows, case.axis), "dw_partials": (arrays["groups"], case.axis)}
     shapes["dw"] = (case.axis,)
@@ -140,6 +152,6 @@ class HarnessFailure(AssertionError):
 def geometry(binary: Path, axis: int, rows: int, max_threads: int = 1024) -> dict[str, str]:
     out = subprocess.run(
         [str(binary), "geometry", str(axis), str(rows), str(max_threads)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=TIMEOUT_S,
     ).stdout  # fmt: skip
     return dict(item.split("=", 1) for item in out.split())

@@ -1,11 +1,12 @@
 """The harness itself: deliberately broken kernels must fail, every time."""
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from harness import KERNEL, Case, HarnessFailure, compile_harness, run
-from test_metal_kernels import check
+from test_metal_kernels import check, row_offset_problems
 
 BARRIER = r"threadgroup_barrier\(mem_flags::mem_threadgroup\);"
 
@@ -202,3 +203,103 @@ def test_the_unbroken_kernel_passes_the_same_cases(tmp_path: Path) -> None:
         ]
     ):
         check(case, run(binary, case, tmp_path / str(i)))
+
+
+# Each threadgroup barrier of the kernels (in source order: threadgroup_sum's
+# two, the single-row and looped forwards' one each, threadgroup_sum_pair's
+# two) and a launch that needs it to order threadgroup memory.
+BARRIER_USES = (
+    (0, Case("fwd", "float32", rows=2, axis=4096, residual=False, has_w=True)),
+    (1, Case("fwd", "float32", rows=2, axis=4096, residual=False, has_w=True)),
+    (2, Case("fwd", "float32", rows=2, axis=256, residual=True, has_w=True)),
+    (3, Case("fwd", "float32", rows=2, axis=4097, residual=True, has_w=True)),
+    (4, Case("vjp", "float32", rows=4, axis=260, residual=True, has_w=True, groups=2)),
+    (5, Case("vjp", "float32", rows=4, axis=260, residual=True, has_w=True, groups=2)),
+)
+
+
+@pytest.mark.parametrize("flags", ("mem_none", "mem_device"))
+@pytest.mark.parametrize(("occurrence", "case"), BARRIER_USES, ids=lambda v: str(v)[:1])
+def test_a_barrier_without_mem_threadgroup_is_caught(
+    tmp_path: Path, flags: str, occurrence: int, case: Case
+) -> None:
+    # Every thread still waits at the barrier, and the forward schedule runs
+    # them in the order the code intends: only the flags are wrong.
+    broken = mutate(BARRIER, f"threadgroup_barrier(mem_flags::{flags});", occurrence)
+    binary = compile_harness(broken, f"broken-flags-{flags}-{occurrence}")
+    case = replace(case, order="forward")
+    with pytest.raises(AssertionError):
+        check(case, run(binary, case, tmp_path))
+
+
+def test_barrier_flags_may_be_combined(tmp_path: Path) -> None:
+    source = KERNEL.read_text()
+    both = re.sub(
+        BARRIER, "threadgroup_barrier(mem_flags::mem_threadgroup | mem_flags::mem_device);", source
+    )
+    binary = compile_harness(both, "flags-combined")
+    for i, (_, case) in enumerate(BARRIER_USES[2:5]):
+        check(case, run(binary, case, tmp_path / str(i)))
+
+
+@pytest.mark.parametrize("occurrence", (0, 2), ids=("forward", "backward"))
+def test_a_looped_kernel_hard_coding_1024_threads_is_caught(
+    tmp_path: Path, occurrence: int
+) -> None:
+    # Right at 1024 threads, the default; short of the row at 512.
+    broken = mutate(r"c \+= lsize \* N_READS", "c += 1024 * N_READS", occurrence)
+    binary = compile_harness(broken, f"broken-1024-{occurrence}")
+    family = "fwd" if occurrence == 0 else "vjp"
+    case = Case(family, "float32", 2, 8200, residual=True, has_w=True, groups=2)
+    check(case, run(binary, case, tmp_path / "1024"))
+    case.max_threads = 512
+    with pytest.raises(AssertionError):
+        check(case, run(binary, case, tmp_path / "512"))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "case"),
+    (
+        (r"thread_h\[i\] = 0;", Case("fwd", "float32", 2, 33, residual=True, has_w=True)),
+        (
+            r"dw_acc\[i\] = 0\.0f;",
+            Case("vjp", "float32", 4, 33, residual=True, has_w=True, groups=2),
+        ),
+    ),
+    ids=("forward", "backward"),
+)
+def test_an_uninitialised_thread_value_is_caught(tmp_path: Path, pattern: str, case: Case) -> None:
+    # Thread-local arrays are filled with a pattern, not whatever the stack held.
+    broken = mutate(pattern, ";")
+    binary = compile_harness(broken, f"broken-uninit-{case.family}")
+    with pytest.raises(AssertionError):
+        check(case, run(binary, case, tmp_path))
+
+
+def test_a_hang_is_caught(tmp_path: Path) -> None:
+    # A loop that never advances: the run is stopped and fails.
+    broken = mutate(r"c \+= lsize \* N_READS", "c += 0")
+    binary = compile_harness(broken, "broken-hang")
+    case = Case("fwd", "float32", 1, 4097, residual=False, has_w=True)
+    with pytest.raises(HarnessFailure, match="hang"):
+        run(binary, case, tmp_path, timeout=5)
+
+
+@pytest.mark.parametrize("occurrence", range(7))
+def test_a_32_bit_row_offset_is_caught(occurrence: int) -> None:
+    broken = mutate(r"size_t\(axis_size\)", "axis_size", occurrence)
+    assert any("32-bit" in p for p in row_offset_problems(broken))
+
+
+def test_a_row_offset_held_in_32_bits_is_caught() -> None:
+    broken = mutate(r"size_t offset =", "uint offset =")
+    assert any("held in uint" in p for p in row_offset_problems(broken))
+
+
+def test_another_rounding_order_is_caught_bit_for_bit(tmp_path: Path) -> None:
+    # Within every tolerance: only the comparison bit for bit sees it.
+    broken = mutate(r"rsqrt\(acc / axis_size \+ eps\)", "rsqrt(acc * (1.0f / axis_size) + eps)")
+    binary = compile_harness(broken, "broken-rounding")
+    case = Case("fwd", "float32", rows=64, axis=33, residual=False, has_w=True)
+    with pytest.raises(AssertionError, match="rounding order"):
+        check(case, run(binary, case, tmp_path))

@@ -2,12 +2,15 @@
 
 Every kernel entry point runs for each dtype, with and without a residual and
 a weight, in its single-row and looped variants, and is compared with a
-float64 NumPy reference at the CPU tests' tolerances. Schedules are
+float64 NumPy reference at the CPU tests' tolerances; the forward's y is also
+pinned bit for bit to an emulation of the kernel's float32 operations in the
+kernel's order (forward_bits). Schedules are
 deterministic and adversarial, so a race fails every time. The backward takes
 rows in groups, one float32 row of weight-gradient partials per group; dw must
 equal, bit for bit, those partials summed in the documented order.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,39 @@ def f64(a: np.ndarray, dtype: str) -> np.ndarray:
     return to_f32(a, dtype).astype(np.float64)
 
 
+def forward_bits(h: np.ndarray, w: np.ndarray | None, dtype: str, lsize: int) -> np.ndarray:
+    """y exactly as the forward kernels compute it, from h as stored.
+
+    Thread lid holds columns c + lid * 4 + i of each pass c (a single pass
+    when the row fits) and adds their float32 squares in order from 0; the
+    threads' sums go through threadgroup_sum: simd_sum in each simdgroup
+    (lane order, as the harness's simd_sum adds them), then the simdgroups'
+    sums in simdgroup order. inv = 1 / sqrt(sum / axis + eps), each step in
+    float32; y = w * T(h * inv), every product rounded to its type."""
+    rows, axis = h.shape
+    h32 = to_f32(h, dtype)
+    per_pass = lsize * 4
+    passes = -(-axis // per_pass)
+    padded = np.zeros((rows, passes * per_pass), np.float32)
+    padded[:, :axis] = h32
+    squares = (padded * padded).reshape(rows, passes, lsize, 4)
+    acc = np.zeros((rows, lsize), np.float32)
+    for c in range(passes):
+        for i in range(4):
+            acc = acc + squares[:, c, :, i]
+    lanes = acc.reshape(rows, lsize // 32, 32)
+    simd = np.zeros((rows, lsize // 32), np.float32)
+    for lane in range(32):
+        simd = simd + lanes[:, :, lane]
+    total = np.zeros(rows, np.float32)
+    for g in range(lsize // 32):
+        total = total + simd[:, g]
+    inv = np.float32(1) / np.sqrt(total / np.float32(axis) + np.float32(EPS))
+    normalized = to_f32(to_storage(h32 * inv[:, None], dtype), dtype)
+    w32 = np.float32(1) if w is None else to_f32(w, dtype)
+    return to_storage(w32 * normalized, dtype)
+
+
 def check_forward(case: Case, arrays: dict[str, np.ndarray]) -> None:
     x = arrays["x"]
     if case.residual:
@@ -65,6 +101,10 @@ def check_forward(case: Case, arrays: dict[str, np.ndarray]) -> None:
     scale = np.maximum(np.abs(ref), SMALLEST_NORMAL[case.dtype])
     worst = float((np.abs(got - ref) / scale).max())
     assert worst <= REF_RTOL[case.dtype], f"relative error {worst:.3g}"
+    bits = forward_bits(h, arrays["w"] if case.has_w else None, case.dtype, arrays["threadgroup"])
+    unsigned = np.uint32 if case.dtype == "float32" else np.uint16
+    differ = int(np.count_nonzero(arrays["out_out"].view(unsigned) != bits.view(unsigned)))
+    assert differ == 0, f"y differs from the kernel's rounding order in {differ} values"
 
 
 def vjp_row_groups(rows: int, target: int) -> tuple[int, int]:
@@ -153,6 +193,105 @@ def test_every_entry_point(
     rows, groups = (2, None) if family == "fwd" else (5, 2)
     case = Case(family, dtype, rows, axis, residual=residual, has_w=has_w, groups=groups)
     check(case, run(harness, case, tmp_path))
+
+
+# Every threadgroup size eval_gpu can choose. The single-row kernels take the
+# fewest simdgroups that hold the row, four values a thread: k simdgroups for
+# rows of 128 (k - 1) + 1 to 128 k. The row lengths step through every
+# remainder modulo the four values of a thread.
+SINGLE_ROW_SIZES = [(32 * k, 128 * k - k % 4) for k in range(1, 33)]
+
+
+@pytest.mark.parametrize(("threadgroup", "axis"), SINGLE_ROW_SIZES, ids=str)
+def test_every_single_row_threadgroup_size(
+    harness: Path, tmp_path: Path, threadgroup: int, axis: int
+) -> None:
+    for family, residual in (("fwd", True), ("vjp", False)):
+        case = Case(family, "float32", 3, axis, residual=residual, has_w=True, groups=2)
+        arrays = run(harness, case, tmp_path / family)
+        assert arrays["threadgroup"] == threadgroup
+        check(case, arrays)
+
+
+# The looped kernels take the pipeline's maxTotalThreadsPerThreadgroup, which
+# Metal may set to any multiple of the simdgroup width up to 1024 (less when
+# a kernel needs many registers); the combine takes at most 256 of it.
+PIPELINE_LIMITS = (32, 64, 96, 256, 512, 992, 1024)
+
+
+@pytest.mark.parametrize("max_threads", PIPELINE_LIMITS)
+@pytest.mark.parametrize("family", ("fwd", "vjp"))
+def test_looped_kernels_at_every_pipeline_limit(
+    harness: Path, tmp_path: Path, family: str, max_threads: int
+) -> None:
+    # 4097: a partial last pass at any size; 8200 crosses the passes of 1024
+    # threads too.
+    for i, (axis, residual) in enumerate(((4097, True), (8200, False))):
+        case = Case(
+            family, "bfloat16", 3, axis, residual=residual, has_w=True, groups=2,
+            max_threads=max_threads,
+        )  # fmt: skip
+        arrays = run(harness, case, tmp_path / str(i))
+        assert arrays["threadgroup"] == max_threads
+        check(case, arrays)
+
+
+# Row lengths on each side of every vector (4 values) and simdgroup (128
+# values) boundary, of the largest single-row launch, and of whole passes of
+# the looped kernels (4096 values a pass at 1024 threads).
+BOUNDARY_AXES = (2, 3, 4, 5, 127, 128, 129, 4094, 8191, 8192, 8193, 12289)
+
+
+@pytest.mark.parametrize("axis", BOUNDARY_AXES)
+@pytest.mark.parametrize("family", ("fwd", "vjp"))
+def test_row_lengths_at_every_boundary(
+    harness: Path, tmp_path: Path, family: str, axis: int
+) -> None:
+    for dtype in ("float32", "float16"):
+        case = Case(family, dtype, 3, axis, residual=True, has_w=True, groups=2)
+        check(case, run(harness, case, tmp_path / dtype))
+
+
+@pytest.mark.parametrize("axis", (33, 4096, 4097))
+@pytest.mark.parametrize("residual", (True, False), ids=("residual", "plain"))
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+def test_large_magnitudes(
+    harness: Path, tmp_path: Path, dtype: str, residual: bool, axis: int
+) -> None:
+    # Inputs about 100 in size: h, the squares and y still bit for bit.
+    for family in ("fwd", "vjp"):
+        case = Case(family, dtype, 3, axis, residual=residual, has_w=True, groups=2, scale=100)
+        check(case, run(harness, case, tmp_path / family))
+
+
+def row_offset_problems(source: str) -> list[str]:
+    """Products of a row (or group) index with the row length that are not
+    formed in 64 bits. axis_size and the indices are 32-bit uints, so
+    `row * axis_size` wraps once a tensor passes 2^32 elements; each such
+    product must multiply by size_t(axis_size), and what holds it be size_t."""
+    problems = []
+    for m in re.finditer(r"(\w+)\s*\*\s*(size_t\s*\(\s*)?axis_size\b", source):
+        line = source[source.rfind("\n", 0, m.start()) + 1 : source.find("\n", m.end())].strip()
+        if m.group(2) is None:
+            problems.append(f"32-bit product: {line}")
+        held = re.match(r"(?:const\s+)?(\w+)\s+\w+\s*=", line)
+        if held and held.group(1) != "size_t":
+            problems.append(f"held in {held.group(1)}: {line}")
+    for m in re.finditer(r"axis_size\s*\*\s*\w+", source):
+        problems.append(f"32-bit product: {m.group(0)}")
+    return problems
+
+
+def test_row_offsets_are_64_bit() -> None:
+    source = KERNEL.read_text()
+    # Every kernel indexes rows (the forward by gid, the backward by row and
+    # for its partials by gid, the combine by group k).
+    assert len(re.findall(r"\w+\s*\*\s*size_t\(axis_size\)", source)) >= 7
+    assert row_offset_problems(source) == []
+    # What 32 bits would do: row 2^20 of rows of 4096 is element 2^32.
+    row, axis = 2**20, 4096
+    assert (np.array([row], np.uint32) * np.uint32(axis))[0] == 0
+    assert row * axis == 2**32
 
 
 @pytest.mark.parametrize("axis", (33, 4096, 8200))

@@ -9,7 +9,14 @@
 //   order, as soon as all 32 have arrived, so that the lowest such simdgroup
 //   runs ahead (up to the next barrier) of others still at the previous step;
 // - threadgroup memory is shared within a group, fresh for each group, and
-//   starts poisoned (all bits set: NaN for floats) so reads before writes show.
+//   starts poisoned (all bits set: NaN for floats) so reads before writes show;
+// - a thread's writes to threadgroup memory reach other threads only through
+//   a threadgroup_barrier whose flags include mem_threadgroup. Until then the
+//   other threads read poison there (the write may or may not have landed),
+//   and two threads writing the same byte between such barriers is a race.
+//   Threads run one at a time, so this needs no tracking of each access: the
+//   memory a thread sees is set up when it starts running, and what it wrote
+//   is found by comparison when it stops.
 //
 // Tests only: the .metal sources are compiled unchanged, except that
 // `threadgroup T name[N];` declarations become MLXR_THREADGROUP(T, name, N).
@@ -40,6 +47,9 @@ constexpr int MAX_THREADS_PER_GROUP = 1024;
 constexpr size_t MAX_THREADGROUP_BYTES = 32 * 1024;
 
 enum class Order { forward, reverse, simdgroup0_last, simdgroup_eager };
+
+constexpr unsigned char TG_POISON = 0xFF;
+constexpr int MEM_DEVICE = 1, MEM_THREADGROUP = 2, MEM_TEXTURE = 4;
 
 struct HarnessError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -96,9 +106,10 @@ class Group {
     }
   }
 
-  void barrier() {
+  void barrier(int flags) {
     int lid = self();
     threads_[lid].state = State::at_barrier;
+    threads_[lid].barrier_flags = flags;
     pass_baton(lid);
   }
 
@@ -120,10 +131,9 @@ class Group {
             "kernel uses " + std::to_string(tg_bytes_) +
             " bytes of threadgroup memory (limit 32 KiB)");
       }
-      it = tg_memory_.emplace(site, std::vector<unsigned char>(n * sizeof(T), 0xFF))
-               .first;
+      it = tg_memory_.emplace(site, Region(n * sizeof(T))).first;
     }
-    return reinterpret_cast<T*>(it->second.data());
+    return reinterpret_cast<T*>(it->second.memory.data());
   }
 
   static Group*& current() {
@@ -141,9 +151,82 @@ class Group {
   struct Thread {
     std::binary_semaphore go{0};
     State state = State::ready;
+    int barrier_flags = 0;
     float simd_value = 0;
     float simd_result = 0;
   };
+
+  // One threadgroup array. `memory` is what the running thread sees (the
+  // kernel's pointer), `shown` what it saw when it started running;
+  // `committed` holds the writes every thread sees, `pending` and `writer`
+  // the writes not yet published by a barrier (writer -1: none).
+  struct Region {
+    std::vector<unsigned char> memory, shown, committed, pending;
+    std::vector<int> writer;
+    size_t n_pending = 0;
+
+    explicit Region(size_t bytes)
+        : memory(bytes, TG_POISON),
+          shown(bytes, TG_POISON),
+          committed(bytes, TG_POISON),
+          pending(bytes, TG_POISON),
+          writer(bytes, -1) {}
+  };
+
+  // Sets up the threadgroup memory that thread lid sees as it starts running.
+  void switch_in(int lid) {
+    for (auto& [site, m] : tg_memory_) {
+      if (m.n_pending == 0) {
+        m.memory = m.committed;
+      } else {
+        for (size_t i = 0; i < m.memory.size(); i++) {
+          m.memory[i] = m.writer[i] < 0 ? m.committed[i]
+              : m.writer[i] == lid      ? m.pending[i]
+                                        : TG_POISON;
+        }
+      }
+      m.shown = m.memory;
+    }
+  }
+
+  // Records what thread lid wrote to threadgroup memory while it ran.
+  void switch_out(int lid) {
+    for (auto& [site, m] : tg_memory_) {
+      if (m.memory == m.shown) {
+        continue;
+      }
+      for (size_t i = 0; i < m.memory.size(); i++) {
+        if (m.memory[i] == m.shown[i]) {
+          continue;
+        }
+        if (m.writer[i] >= 0 && m.writer[i] != lid) {
+          fail(
+              "data race: threads " + std::to_string(m.writer[i]) + " and " +
+              std::to_string(lid) +
+              " write the same threadgroup memory with no "
+              "threadgroup_barrier(mem_flags::mem_threadgroup) between them");
+        }
+        m.n_pending += m.writer[i] < 0;
+        m.writer[i] = lid;
+        m.pending[i] = m.memory[i];
+      }
+    }
+  }
+
+  // A barrier publishes the threadgroup-memory writes of the threads that
+  // passed mem_threadgroup to it.
+  void publish() {
+    for (auto& [site, m] : tg_memory_) {
+      for (size_t i = 0; m.n_pending > 0 && i < m.memory.size(); i++) {
+        int w = m.writer[i];
+        if (w >= 0 && (threads_[w].barrier_flags & MEM_THREADGROUP)) {
+          m.committed[i] = m.pending[i];
+          m.writer[i] = -1;
+          m.n_pending--;
+        }
+      }
+    }
+  }
 
   void fail(const std::string& message) {
     if (!failed_) {
@@ -192,6 +275,7 @@ class Group {
         fail("threadgroup_barrier reached by only some threads");
         return false;
       }
+      publish();
       for (auto& t : threads_) {
         t.state = State::ready;
       }
@@ -218,6 +302,9 @@ class Group {
 
   // Hand the right to run to the next thread, then wait for it to come back.
   void pass_baton(int from) {
+    if (from >= 0) {
+      switch_out(from);
+    }
     int next = pick();
     if (next < 0) {
       bool all_done = true;
@@ -236,6 +323,7 @@ class Group {
       }
     }
     if (next >= 0) {
+      switch_in(next);
       threads_[next].go.release();
     }
     if (from >= 0 && threads_[from].state != State::done) {
@@ -250,7 +338,7 @@ class Group {
   std::vector<Thread> threads_;
   std::vector<int> order_;
   bool eager_;
-  std::map<int, std::vector<unsigned char>> tg_memory_;
+  std::map<int, Region> tg_memory_;
   size_t tg_bytes_ = 0;
   bool failed_ = false;
   std::string error_;
@@ -278,10 +366,19 @@ struct Registered {
 
 namespace metal {
 
-enum class mem_flags { mem_none, mem_device, mem_threadgroup, mem_texture };
+enum class mem_flags {
+  mem_none = 0,
+  mem_device = mlxr_harness::MEM_DEVICE,
+  mem_threadgroup = mlxr_harness::MEM_THREADGROUP,
+  mem_texture = mlxr_harness::MEM_TEXTURE,
+};
 
-inline void threadgroup_barrier(mem_flags) {
-  mlxr_harness::Group::current()->barrier();
+inline mem_flags operator|(mem_flags a, mem_flags b) {
+  return mem_flags(int(a) | int(b));
+}
+
+inline void threadgroup_barrier(mem_flags flags) {
+  mlxr_harness::Group::current()->barrier(int(flags));
 }
 
 inline float simd_sum(float x) {
