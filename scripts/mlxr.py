@@ -110,8 +110,10 @@ def cmd_deps(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from mlxrtools.testing import run_tests
+    from mlxrtools.testing import run_tests, run_tier
 
+    if args.only:
+        return run_tier(default_layout(), args.only, pytest_args=args.pytest_args, jobs=args.jobs)
     return run_tests(default_layout(), pytest_args=args.pytest_args, jobs=args.jobs)
 
 
@@ -299,6 +301,13 @@ def parser() -> argparse.ArgumentParser:
         "the same pin (cached), then run tests/ with pytest.",
     )
     t.add_argument("--jobs", type=int, default=None, help="parallel compile jobs")
+    t.add_argument(
+        "--only",
+        choices=("tooling", "metal", "wheel", "upstream"),
+        help="one tier: tooling or metal (no wheel build, a light venv in build/tooling-venv), "
+        "wheel (build, install, tests/wheel), upstream (build, upstream's suite against ours "
+        "and the unpatched baseline); without it, everything, as CI runs it",
+    )
     t.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments, after --")
     t.set_defaults(func=cmd_test)
 
@@ -337,11 +346,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import subprocess
+
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except RuntimeError as err:
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        # UserError (mlxrtools.errors) and the other failures a user can act on: one
+        # line each, no traceback. RuntimeError's subclasses include UserError.
         print(f"mlxr {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as err:
+        command = " ".join(map(str, err.cmd)) if isinstance(err.cmd, list) else str(err.cmd)
+        print(f"mlxr {args.verb}: error: `{command}` exited with {err.returncode}", file=sys.stderr)
         return 2
 
 

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
 from .gitcmd import GitError, git
 from .layout import cache_home
 
 
-class PinError(RuntimeError):
+class PinError(UserError):
     """A dependency that cannot be had at the version upstream pins."""
 
 

