@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import pinned_deps
-from .gitcmd import ensure_submodule
 from .layout import Layout, cache_home
 from .tree import apply
 
 
 def _tree(layout: Layout) -> Path:
-    ensure_submodule(layout.root)
     return apply(layout, quiet=True)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .gitcmd import GitError, git
+from .gitcmd import GitError, git, rev_parse
 from .layout import cache_home
 
 
@@ -184,7 +184,7 @@ def mirror_dir(url: str) -> Path | None:
 
 def has_ref(git_dir: Path, ref: str) -> bool:
     try:
-        git("rev-parse", "--verify", f"{ref}^{{commit}}", cwd=git_dir)
+        rev_parse(ref, git_dir)
     except GitError:
         return False
     return True
@@ -195,7 +195,7 @@ def _fetch_git_dir(pin: Pin, tmp: Path) -> tuple[Path, str]:
     mirror = mirror_dir(pin.url)
     if mirror is not None:
         try:
-            commit = git("rev-parse", "--verify", f"{pin.ref}^{{commit}}", cwd=mirror).strip()
+            commit = rev_parse(pin.ref, mirror)
         except GitError as e:
             raise PinError(
                 f"{pin.name}: the mirror of {pin.url} at {mirror} has no {pin.ref}; "
@@ -249,8 +249,7 @@ def _submodule_url(gitmodules: str, path: str) -> str:
 
 def _package_cccl(src: Path, dest: Path) -> None:
     """CCCL's release archive, which upstream downloads, is its CMake install
-    (ci/install_cccl.sh): make the same from the tagged tree."""
-    build = src / "build" / "install"
+    (ci/install_cccl.sh): make the same from the tagged tree (a temporary copy)."""
     for cmd in (
         ["cmake", "-S", str(src), "--preset", "install", f"-DCMAKE_INSTALL_PREFIX={dest}"],
         ["cmake", "--build", "--preset", "install", "--target", "install"],
@@ -258,7 +257,6 @@ def _package_cccl(src: Path, dest: Path) -> None:
         proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
         if proc.returncode != 0:
             raise PinError(f"packaging CCCL failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}")
-    shutil.rmtree(build, ignore_errors=True)
 
 
 def prepare(pin: Pin, log: Callable[[str], None] = print) -> Path:
