@@ -13,6 +13,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -46,6 +47,7 @@ GPU_BATCH = 20
 Arrays = list[mx.array]
 # One backward call: build its graph, return (the forward's outputs, the gradients).
 VjpCall = Callable[[], tuple[Arrays, Arrays]]
+RowT = TypeVar("RowT")
 
 
 def on_gpu(stream: mx.Stream) -> bool:
@@ -345,22 +347,28 @@ def setup(device_name: str, cache_limit_mb: int | None) -> tuple[mx.Device, str]
 def forward_rows(
     shapes: list[Shape], dtypes: list[str], device: mx.Device, repeats: int
 ) -> list[Row]:
-    return [
-        row
-        for rows, hidden in shapes
-        for dtype in dtypes
-        for row in bench_shape(rows, hidden, dtype, device, repeats)
-    ]
+    return _every_shape(bench_shape, shapes, dtypes, device, repeats)
 
 
 def backward_rows(
     shapes: list[Shape], dtypes: list[str], device: mx.Device, repeats: int
 ) -> list[BackwardRow]:
+    return _every_shape(bench_backward_shape, shapes, dtypes, device, repeats)
+
+
+def _every_shape(
+    bench: Callable[[int, int, str, mx.Device, int], list[RowT]],
+    shapes: list[Shape],
+    dtypes: list[str],
+    device: mx.Device,
+    repeats: int,
+) -> list[RowT]:
+    """bench(rows, hidden, dtype, device, repeats)'s rows for every shape and dtype."""
     return [
         row
         for rows, hidden in shapes
         for dtype in dtypes
-        for row in bench_backward_shape(rows, hidden, dtype, device, repeats)
+        for row in bench(rows, hidden, dtype, device, repeats)
     ]
 
 

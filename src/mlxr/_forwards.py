@@ -16,10 +16,16 @@ from mlx_lm.models.base import create_attention_mask
 from ._blocks import finish, norm, run_layers
 
 
-def _embed(model: nn.Module, inputs: mx.array, input_embeddings: mx.array | None) -> mx.array:
-    if input_embeddings is not None:
-        return input_embeddings
-    return model.embed_tokens(inputs)
+def _start(
+    model: nn.Module,
+    inputs: mx.array,
+    input_embeddings: mx.array | None,
+    cache: list[Any] | None,
+    layers: list[nn.Module],
+) -> tuple[mx.array, list[Any]]:
+    """The stream entering the first layer, and a cache entry for every layer."""
+    h = model.embed_tokens(inputs) if input_embeddings is None else input_embeddings
+    return h, [None] * len(layers) if cache is None else cache
 
 
 def llama_call(
@@ -29,9 +35,7 @@ def llama_call(
     input_embeddings: mx.array | None = None,
 ) -> mx.array:
     """`LlamaModel.__call__` (llama, mistral), with full and sliding-window layers."""
-    h = _embed(self, inputs, input_embeddings)
-    if cache is None:
-        cache = [None] * len(self.layers)
+    h, cache = _start(self, inputs, input_embeddings, cache, self.layers)
     fa_mask = create_attention_mask(h, cache[self.fa_idx])
     swa_mask = None
     if self.swa_idx is not None:
@@ -48,9 +52,7 @@ def qwen3_call(
     input_embeddings: mx.array | None = None,
 ) -> mx.array:
     """`Qwen3Model.__call__`: one causal mask for every layer."""
-    h = _embed(self, inputs, input_embeddings)
-    if cache is None:
-        cache = [None] * len(self.layers)
+    h, cache = _start(self, inputs, input_embeddings, cache, self.layers)
     mask = create_attention_mask(h, cache[0])
     branch, h = run_layers(self.layers, h, [mask] * len(self.layers), cache)
     return finish(branch, h, self.norm)[0]
@@ -68,11 +70,9 @@ def qwen2_call(
     taken out of the final norm's fused call, and the norm of the gathered stream is a plain
     `rmsnorm_fused` after the exchange, as in the stock model.
     """
-    h = _embed(self, inputs, input_embeddings)
     rank, size = self.pipeline_rank, self.pipeline_size
     layers = self.pipeline_layers
-    if cache is None:
-        cache = [None] * len(layers)
+    h, cache = _start(self, inputs, input_embeddings, cache, layers)
     mask = create_attention_mask(h, cache[0])
 
     if rank < size - 1:
