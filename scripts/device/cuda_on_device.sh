@@ -8,13 +8,19 @@
 # Stages, run in the order given:
 #   build     our CUDA wheel into wheels/ (about 6 minutes with 16 cores)
 #   baseline  the unpatched tree's CUDA wheel, same pin and options, into build/device-baseline/
-#   test      tests/wheel on the GPU (all but test_install.py, which needs PyPI)
+#   test      tests/wheel on the GPU (all but test_install.py, which needs PyPI), or
+#             the files in TEST_FILES
 #   suite-ours, suite-baseline
-#             upstream's python/tests on the GPU against one wheel (they may run at once)
+#             upstream's python/tests on the GPU against one wheel, in parallel chunks
+#             (SUITE_WORKERS processes, default 6; they may run at once)
 #   compare   the two suite results: no new failures, the shared ones listed
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
-#   save      our wheel, split in 15 MB parts, to $OUT/wheel.* for a later call, which
-#             takes them from .device/wheel/ (with the file name in .device/wheel/name)
+#   bench-forms
+#             bench_forms.py: each form of rmsnorm_fused against its unfused chain
+#   save, save-baseline
+#             our wheel, or the baseline's, split in 15 MB parts, to $OUT/wheel/ or
+#             $OUT/baseline/ for a later call, which takes it from .device/wheel/ or
+#             .device/baseline/ (the file name is in `name` there)
 # Logs and tables go to $OUT (the device tool's output folder) or build/device.
 set -euo pipefail
 trap 'echo "cuda_on_device.sh: line $LINENO failed: $BASH_COMMAND" >&2' ERR
@@ -26,7 +32,7 @@ while (($#)); do
   case $1 in
     --archs) archs=$2; shift 2 ;;
     --nvtx-from-toolkit) nvtx=(--nvtx-from-toolkit); shift ;;
-    build | baseline | test | suite-ours | suite-baseline | compare | bench | save)
+    build | baseline | test | suite-ours | suite-baseline | compare | bench | bench-forms | save | save-baseline)
       stages+=("$1")
       shift
       ;;
@@ -65,12 +71,22 @@ build() { # TREE WHEEL_DIR [BUILD OPTIONS]
   ls "$dir"/mlx-*.whl
 }
 
-ours() { # our wheel: built here, or saved by an earlier call and carried in .device/wheel/
-  if ! ls wheels/mlx-*.whl >/dev/null 2>&1 && [[ -f .device/wheel/name ]]; then
-    mkdir -p wheels
-    cat .device/wheel/wheel.* >"wheels/$(cat .device/wheel/name)"
+saved() { # DIR WHEEL_DIR: a wheel an earlier call saved (`save`) and carried back in DIR
+  local dir=$1 wheels=$2
+  if ! ls "$wheels"/mlx-*.whl >/dev/null 2>&1 && [[ -f $dir/name ]]; then
+    mkdir -p "$wheels"
+    cat "$dir"/wheel.* >"$wheels/$(cat "$dir/name")"
   fi
+}
+
+ours() { # our wheel: built here, or saved by an earlier call and carried in .device/wheel/
+  saved .device/wheel wheels
   ls wheels/mlx-*.whl
+}
+
+baseline_wheel() { # the same for the unpatched wheel, from .device/baseline/
+  saved .device/baseline build/device-baseline
+  ls build/device-baseline/mlx-*.whl
 }
 
 site() { # DIR WHEEL...: install wheels, without their needs, into DIR
@@ -80,6 +96,8 @@ site() { # DIR WHEEL...: install wheels, without their needs, into DIR
   echo "$dir"
 }
 
+# The files whose run-time compiled kernels take longest start first.
+suite_first=test_quantized.py,test_fast_sdpa.py,test_fast.py,test_compile.py,test_conv.py
 failed=""
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
@@ -89,30 +107,33 @@ for stage in "${stages[@]}"; do
       build "$(tree mlx-src)" wheels
       ;;
     baseline)
-      build "$(tree mlx-pristine)" build/device-baseline --no-label
+      baseline_wheel 2>/dev/null || build "$(tree mlx-pristine)" build/device-baseline --no-label
       ;;
     test)
       lib=$(site /tmp/site-ours "$(ours)" .whl/mlx_lm-*.whl)
       PYTHONPATH=$lib MLXR_TEST_DEVICE=gpu MLXR_WHEEL=$(ours) timeout "${TEST_TIMEOUT:-300}" \
-        python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/wheel \
+        python3 -X faulthandler -m pytest -q -p no:cacheprovider ${TEST_FILES:-tests/wheel} \
         --ignore=tests/wheel/test_install.py --junitxml="$out/tests.xml" \
         >"$out/tests.log" 2>&1 || failed+=" test"
       tail -15 "$out/tests.log"
       ;;
     suite-ours | suite-baseline)
-      # Upstream's python/tests against one wheel; `compare` reads both results.
+      # Upstream's python/tests against one wheel, in parallel chunks (run_suite.py);
+      # `compare` reads both folders. The two may run at once, in the background.
       if [[ $stage == suite-ours ]]; then
         which=ours src=$(tree mlx-src) lib=$(site /tmp/site-ours "$(ours)")
       else
-        which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline build/device-baseline/mlx-*.whl)
+        which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline "$(baseline_wheel)")
       fi
-      (cd "$src/python/tests" && PYTHONPATH=$lib timeout "${SUITE_TIMEOUT:-900}" python3 -m pytest \
-        -q -p no:cacheprovider --no-header -o addopts= --rootdir=. \
-        --junitxml="$out/suite-$which.xml" . >"$out/suite-$which.log" 2>&1) || true
-      tail -3 "$out/suite-$which.log"
+      rm -rf "$out/suite-$which"
+      PYTHONPATH=$lib python3 scripts/device/run_suite.py "$src/python/tests" \
+        --out "$out/suite-$which" --tag "$which" --workers "${SUITE_WORKERS:-6}" \
+        --deadline "${SUITE_TIMEOUT:-540}" --first "${SUITE_FIRST:-$suite_first}" \
+        >"$out/suite-$which.log" 2>&1 || true
+      tail -2 "$out/suite-$which.log"
       ;;
     compare)
-      python3 scripts/device/compare_suites.py "$out/suite-ours.xml" "$out/suite-baseline.xml" \
+      python3 scripts/device/compare_suites.py "$out/suite-ours" "$out/suite-baseline" \
         --out "$out/suite.md" || failed+=" suite"
       ;;
     bench)
@@ -121,10 +142,16 @@ for stage in "${stages[@]}"; do
         2>&1 | tee "$out/bench.log" || failed+=" bench"
       cp build/results/bench-gpu.md "$out/" || true
       ;;
-    save)
-      w=$(ours)
-      basename "$w" >"$out/name"
-      split -b 15M -d "$w" "$out/wheel."
+    bench-forms)
+      lib=$(site /tmp/site-ours "$(ours)")
+      PYTHONPATH=$lib timeout "${BENCH_TIMEOUT:-420}" python3 scripts/device/bench_forms.py \
+        2>&1 | tee "$out/bench-forms.md" || failed+=" bench-forms"
+      ;;
+    save | save-baseline)
+      if [[ $stage == save ]]; then dir=$out/wheel w=$(ours); else dir=$out/baseline w=$(baseline_wheel); fi
+      mkdir -p "$dir"
+      basename "$w" >"$dir/name"
+      split -b 15M -d "$w" "$dir/wheel."
       ;;
   esac
 done

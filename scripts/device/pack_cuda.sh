@@ -5,7 +5,9 @@
 #   .device/mlx-pristine.tar.xz  the unpatched tree at the pin, for the baseline build
 #   .device/deps/                upstream's pinned dependencies (`mlxr.py deps --pack`)
 #   .whl/                        the wheels that machine lacks: the build venv's
-#                                pip, setuptools, wheel, typing_extensions; mlx-lm
+#                                pip, setuptools, wheel, typing_extensions, packaging;
+#                                mlx-lm
+# Wheels saved by earlier GPU calls (.device/wheel/, .device/baseline/) are kept.
 # Usage: scripts/device/pack_cuda.sh [--nvtx-from-toolkit] [--python-version 3.12]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +22,7 @@ while (($#)); do
 done
 
 python3 scripts/mlxr.py apply
-rm -rf .device
+rm -rf .device/deps .device/*.tar.xz
 mkdir -p .device
 echo "pack_cuda.sh: trees"
 git -C build/mlx-src archive --format=tar HEAD | xz -T0 -6 >.device/mlx-src.tar.xz
@@ -32,5 +34,5 @@ echo "pack_cuda.sh: wheels for Python $py"
 rm -rf .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl pip "setuptools>=80" wheel typing_extensions "mlx-lm==0.32.2"
+  -d .whl pip "setuptools>=80" wheel typing_extensions "packaging>=24" "mlx-lm==0.32.2"
 du -sh .device .whl
