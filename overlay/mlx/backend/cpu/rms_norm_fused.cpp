@@ -153,96 +153,175 @@ const float* load_row(const T* in, int64_t stride, int n, float* buf) {
   return buf;
 }
 
+// norm(u) * scale for one row of floats, rounded to T and handed to store(i,
+// value). scale is the weight, or offset + weight when there is an offset;
+// only then is the product taken before rounding (see rms_norm_scaled in
+// fast.cpp).
+template <typename T, typename Store>
+void normalize_row(
+    const float* u,
+    const float* scale,
+    bool has_offset,
+    int n,
+    float eps,
+    Store store) {
+  float inv_rms = 1.0f / std::sqrt(sum_squares(u, n) / n + eps);
+  if (!scale) {
+    for (int i = 0; i < n; i++) {
+      store(i, from_float<T>(u[i] * inv_rms));
+    }
+  } else if (has_offset) {
+    for (int i = 0; i < n; i++) {
+      store(i, from_float<T>(u[i] * inv_rms * scale[i]));
+    }
+  } else {
+    for (int i = 0; i < n; i++) {
+      store(i, from_float<T>(scale[i] * to_float(from_float<T>(u[i] * inv_rms))));
+    }
+  }
+}
+
+// One norm's weight: where it is, and its stride (a weight of size 1 may
+// have stride 0). A null pointer stands for no weight.
+template <typename T>
+struct WeightRow {
+  const T* ptr = nullptr;
+  int64_t stride = 0;
+
+  explicit WeightRow(const array* w) {
+    if (w && w->ndim() == 1) {
+      ptr = w->data<T>();
+      stride = w->strides()[0];
+    }
+  }
+
+  // Whether load_scale reads it in place rather than into a buffer.
+  bool in_place(bool has_offset) const {
+    return !ptr || (std::is_same_v<T, float> && stride == 1 && !has_offset);
+  }
+};
+
+// One norm's scale as a float row: nullptr for no weight, w, or offset + w.
+// A weight that is not read in place is written to buf, which is then taken.
+template <typename T>
+const float* load_scale(WeightRow<T> w, float offset, int n, float*& buf) {
+  if (w.in_place(offset != 0)) {
+    return reinterpret_cast<const float*>(w.ptr);
+  }
+  float* row = buf;
+  buf += n;
+  const float* loaded = load_row(w.ptr, w.stride, n, row);
+  for (int i = 0; offset != 0 && i < n; i++) {
+    row[i] = loaded[i] + offset;
+  }
+  return loaded == row || offset == 0 ? loaded : row;
+}
+
+// The forward of every form: b = norm(x, w_branch) or x, h = r + b (rounded
+// to T, or clipped to the float16 range first), y = norm(h, w).
 template <typename T>
 void rms_norm_fused(
     const array& x,
     const array* r,
-    const array& w,
-    array& y,
+    const array* w_branch,
+    const array* w,
+    array* y,
     array* h,
     float eps,
+    float weight_offset,
+    bool clip_residual,
     Stream stream) {
   auto& encoder = cpu::get_command_encoder(stream);
-  encoder.set_input_array(x);
-  encoder.set_input_array(w);
-  encoder.set_output_array(y);
-  if (r) {
-    encoder.set_input_array(*r);
-    encoder.set_output_array(*h);
+  for (auto* in : {&x, r, w_branch, w}) {
+    if (in) {
+      encoder.set_input_array(*in);
+    }
+  }
+  for (auto* out : {y, h}) {
+    if (out) {
+      encoder.set_output_array(*out);
+    }
   }
 
-  int axis_size = x.shape().back();
-  int64_t n_rows = axis_size == 0 ? 0 : y.size() / axis_size;
-  // A scalar weight stands for no weight; a weight of size 1 may have stride 0.
-  bool has_weight = w.ndim() == 1;
-  int64_t w_stride = has_weight ? w.strides()[0] : 0;
+  int n = x.shape().back();
+  int64_t n_rows = n == 0 ? 0 : x.size() / n;
   const T* x_ptr = x.data<T>();
   const T* r_ptr = r ? r->data<T>() : nullptr;
-  const T* w_ptr = w.data<T>();
-  T* y_ptr = y.data<T>();
+  T* y_ptr = y ? y->data<T>() : nullptr;
   T* h_ptr = h ? h->data<T>() : nullptr;
   RowLayout x_rows(x);
   std::optional<RowLayout> r_rows;
   if (r) {
     r_rows.emplace(*r);
   }
+  bool has_offset = weight_offset != 0;
 
   // Scratch rows of floats, left uninitialized (each is written before it is
-  // read): h, or x when it is not read in place, and w when it is not.
+  // read): the scales when they are not read in place, x when it is normalized
+  // and not read in place, the branch norm, and h.
   constexpr bool is_float = std::is_same_v<T, float>;
-  bool x_buffered = r || !(is_float && x_rows.axis_stride == 1);
-  bool w_buffered = has_weight && !(is_float && w_stride == 1);
-  int n_buffers = x_buffered + w_buffered;
+  WeightRow<T> wb_row(w_branch);
+  WeightRow<T> w_row(w);
+  bool norm_branch = w_branch != nullptr;
+  bool x_buffered =
+      (!r || norm_branch) && !(is_float && x_rows.axis_stride == 1);
+  int n_buffers = !wb_row.in_place(has_offset) + !w_row.in_place(has_offset) +
+      x_buffered + norm_branch + (r != nullptr);
 
   encoder.dispatch([=]() {
     std::unique_ptr<float[]> scratch(
-        n_buffers > 0 ? new float[int64_t(n_buffers) * axis_size] : nullptr);
-    float* buffers = scratch.get();
-    float* x_buf = buffers;
-    const float* wf = has_weight
-        ? load_row(w_ptr, w_stride, axis_size, buffers + x_buffered * axis_size)
-        : nullptr;
+        n_buffers > 0 ? new float[int64_t(n_buffers) * n] : nullptr);
+    float* free_buf = scratch.get();
+    const float* scale_b = load_scale(wb_row, weight_offset, n, free_buf);
+    const float* scale = load_scale(w_row, weight_offset, n, free_buf);
+    auto take = [&](bool needed) {
+      float* row = needed ? free_buf : nullptr;
+      free_buf += needed ? n : 0;
+      return row;
+    };
+    float* x_buf = take(x_buffered);
+    float* b_buf = take(norm_branch);
+    float* h_buf = take(r_ptr);
     for (int64_t row = 0; row < n_rows; row++) {
-      const float* hf;
-      if (r_ptr) {
-        // h is rounded to T, as x + r is, and then normalized. x and r are
-        // read in place.
-        const T* x_row = x_ptr + x_rows.offset(row);
+      const T* x_row = x_ptr + x_rows.offset(row);
+      int64_t x_stride = x_rows.axis_stride;
+      const float* u;
+      if (!r_ptr) {
+        u = load_row(x_row, x_stride, n, x_buf);
+      } else {
+        // h is rounded to T, as the add is, and then normalized; r and (when
+        // it is not normalized first) x are read in place.
         const T* r_row = r_ptr + r_rows->offset(row);
-        int64_t x_stride = x_rows.axis_stride;
         int64_t r_stride = r_rows->axis_stride;
-        T* h_out = h_ptr + row * axis_size;
-        if (x_stride == 1 && r_stride == 1) {
-          for (int i = 0; i < axis_size; i++) {
-            T hi = from_float<T>(to_float(x_row[i]) + to_float(r_row[i]));
+        T* h_out = h_ptr + row * n;
+        auto add = [&](auto b_at, int64_t r_step) {
+          for (int i = 0; i < n; i++) {
+            float sum = to_float(r_row[i * r_step]) + b_at(i);
+            if (clip_residual) {
+              sum = std::clamp(sum, -65504.0f, 65504.0f);
+            }
+            T hi = from_float<T>(sum);
             h_out[i] = hi;
-            x_buf[i] = to_float(hi);
+            h_buf[i] = to_float(hi);
           }
+        };
+        if (norm_branch) {
+          const float* xf = load_row(x_row, x_stride, n, x_buf);
+          normalize_row<T>(xf, scale_b, has_offset, n, eps, [=](int i, T v) {
+            b_buf[i] = to_float(v);
+          });
+          add([=](int i) { return b_buf[i]; }, r_stride);
+        } else if (x_stride == 1 && r_stride == 1) {
+          add([=](int i) { return to_float(x_row[i]); }, 1);
         } else {
-          for (int i = 0; i < axis_size; i++) {
-            T hi = from_float<T>(
-                to_float(x_row[i * x_stride]) + to_float(r_row[i * r_stride]));
-            h_out[i] = hi;
-            x_buf[i] = to_float(hi);
-          }
+          add([=](int i) { return to_float(x_row[i * x_stride]); }, r_stride);
         }
-        hf = x_buf;
-      } else {
-        hf = load_row(
-            x_ptr + x_rows.offset(row), x_rows.axis_stride, axis_size, x_buf);
+        u = h_buf;
       }
-      float inv_rms =
-          1.0f / std::sqrt(sum_squares(hf, axis_size) / axis_size + eps);
-      T* y_out = y_ptr + row * axis_size;
-      if (has_weight) {
-        for (int i = 0; i < axis_size; i++) {
-          float n = to_float(from_float<T>(hf[i] * inv_rms));
-          y_out[i] = from_float<T>(wf[i] * n);
-        }
-      } else {
-        for (int i = 0; i < axis_size; i++) {
-          y_out[i] = from_float<T>(hf[i] * inv_rms);
-        }
+      if (y_ptr) {
+        T* y_out = y_ptr + row * n;
+        normalize_row<T>(
+            u, scale, has_offset, n, eps, [=](int i, T v) { y_out[i] = v; });
       }
     }
   });
@@ -313,6 +392,7 @@ void rms_norm_fused_vjp(
     array& gx,
     array& gw,
     float eps,
+    float weight_offset,
     Stream stream) {
   auto& encoder = cpu::get_command_encoder(stream);
   encoder.set_input_array(h);
@@ -362,7 +442,8 @@ void rms_norm_fused_vjp(
                     blocks,
                     axis_size,
                     n_rows,
-                    eps]() {
+                    eps,
+                    weight_offset]() {
     int n = axis_size;
     auto buffer = [&](int64_t i) { return buffers + i * n; };
     float* w_row = buffer(0);
@@ -371,6 +452,9 @@ void rms_norm_fused_vjp(
     float* gh_buf = buffer(3);
     for (int i = 0; i < n; i++) {
       w_row[i] = has_weight ? to_float(w_ptr[i * w_stride]) : 1.0f;
+      if (weight_offset != 0) {
+        w_row[i] += weight_offset;
+      }
     }
     // open is the block being summed; partial[l] holds the sum of 2^l blocks
     // while bit l of the number of finished blocks is set.
@@ -473,28 +557,37 @@ void dispatch_norm_types(Dtype dtype, F&& f) {
 void RMSNormFused::eval_cpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
-  assert(inputs.size() == (has_residual_ ? 3 : 2));
   const array& x = inputs[0];
   const array* r = has_residual_ ? &inputs[1] : nullptr;
-  const array& w = inputs.back();
-  array& y = outputs[0];
-  array* h = has_residual_ ? &outputs[1] : nullptr;
+  const array* w_branch = norm_branch_ ? &inputs[has_residual_ + 1] : nullptr;
+  const array* w = norm_output_ ? &inputs.back() : nullptr;
+  array* y = norm_output_ ? &outputs[0] : nullptr;
+  array* h = has_residual_ ? &outputs.back() : nullptr;
 
   // Rows are read in place whatever their layout, so the only buffers are the
   // outputs. A second output keeps its inputs alive through its siblings, so
-  // only the single-output form can take over x.
+  // only the plain form can take over x.
   if (!has_residual_ && x.flags().row_contiguous && x.is_donatable()) {
-    y.copy_shared_buffer(x);
+    y->copy_shared_buffer(x);
   } else {
-    y.set_data(allocator::malloc(y.nbytes()));
-  }
-  if (h) {
-    h->set_data(allocator::malloc(h->nbytes()));
+    for (auto& out : outputs) {
+      out.set_data(allocator::malloc(out.nbytes()));
+    }
   }
 
-  dispatch_norm_types(y.dtype(), [&](auto type_tag) {
+  dispatch_norm_types(x.dtype(), [&](auto type_tag) {
     using T = MLX_GET_TYPE(type_tag);
-    rms_norm_fused<T>(x, r, w, y, h, eps_, stream());
+    rms_norm_fused<T>(
+        x,
+        r,
+        w_branch,
+        w,
+        y,
+        h,
+        eps_,
+        weight_offset_,
+        clip_residual_,
+        stream());
   });
 }
 
@@ -513,7 +606,8 @@ void RMSNormFusedVJP::eval_cpu(
 
   dispatch_norm_types(gx.dtype(), [&](auto type_tag) {
     using T = MLX_GET_TYPE(type_tag);
-    rms_norm_fused_vjp<T>(h, w, g, gh, gx, gw, eps_, stream());
+    rms_norm_fused_vjp<T>(
+        h, w, g, gh, gx, gw, eps_, weight_offset_, stream());
   });
 }
 
