@@ -158,18 +158,27 @@ void run_forward(const Launch& l, bool residual, bool has_weight, const std::str
   // As eval_gpu binds them: without a residual, r is x and h is out.
   T* r_ptr = residual ? r.data() : x.data();
   T* h_ptr = residual ? h.data() : out.data();
+  // The pre-norm and plain forms, as eval_gpu binds them: the branch weight
+  // is the weight, unread.
+  norm_branch = false;
+  norm_output = true;
+  has_offset = false;
+  clip_residual = false;
+  float weight_offset = 0.0f;
   void* kernel = find_kernel(l.name);
   for_each_thread(l, [&](uint gid, uint lid) {
     if (l.dispatch.looped) {
       using Fn = void (*)(const T*, const T*, const T*, T*, T*, float&, uint&, uint&,
-                          uint, uint, uint, uint, uint);
+                          const T*, uint&, float&, uint, uint, uint, uint, uint);
       reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out.data(), h_ptr, eps,
-                                   axis, w_stride, gid, lid, lsize, lid % 32, lid / 32);
+                                   axis, w_stride, w.data(), w_stride, weight_offset, gid,
+                                   lid, lsize, lid % 32, lid / 32);
     } else {
       using Fn = void (*)(const T*, const T*, const T*, T*, T*, float&, uint&, uint&,
-                          uint, uint, uint, uint);
+                          const T*, uint&, float&, uint, uint, uint, uint);
       reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out.data(), h_ptr, eps,
-                                   axis, w_stride, gid, lid, lid % 32, lid / 32);
+                                   axis, w_stride, w.data(), w_stride, weight_offset, gid,
+                                   lid, lid % 32, lid / 32);
     }
   });
   out.check_guards("out");
@@ -209,20 +218,24 @@ void run_vjp(const Launch& l, bool residual, bool has_weight, const std::string&
   uint n_groups = l.groups.n_groups;
   uint lsize = l.dispatch.threadgroup_size;
   const T* dh_in_ptr = residual ? dh_in.data() : dy.data();
+  has_offset = false;
+  float weight_offset = 0.0f;
   void* kernel = find_kernel(l.name);
   for_each_thread(l, [&](uint gid, uint lid) {
     if (l.dispatch.looped) {
       using Fn = void (*)(const T*, const T*, const T*, const T*, T*, float*, float&,
-                          uint&, uint&, uint&, uint&, uint, uint, uint, uint, uint);
+                          uint&, uint&, uint&, uint&, float&, uint, uint, uint, uint, uint);
       reinterpret_cast<Fn>(kernel)(h.data(), w.data(), dy.data(), dh_in_ptr, dh.data(),
                                    dw_partials.data(), eps, axis, w_stride, n_rows,
-                                   rows_per_group, gid, lid, lsize, lid % 32, lid / 32);
+                                   rows_per_group, weight_offset, gid, lid, lsize, lid % 32,
+                                   lid / 32);
     } else {
       using Fn = void (*)(const T*, const T*, const T*, const T*, T*, float*, float&,
-                          uint&, uint&, uint&, uint&, uint, uint, uint, uint);
+                          uint&, uint&, uint&, uint&, float&, uint, uint, uint, uint);
       reinterpret_cast<Fn>(kernel)(h.data(), w.data(), dy.data(), dh_in_ptr, dh.data(),
                                    dw_partials.data(), eps, axis, w_stride, n_rows,
-                                   rows_per_group, gid, lid, lid % 32, lid / 32);
+                                   rows_per_group, weight_offset, gid, lid, lid % 32,
+                                   lid / 32);
     }
   });
   dh.check_guards("dh");

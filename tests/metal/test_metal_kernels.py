@@ -115,7 +115,7 @@ def vjp_row_groups(rows: int, target: int) -> tuple[int, int]:
 
 
 def combine_in_order(partials: np.ndarray, dtype: str) -> np.ndarray:
-    """dw as rms_fused_dw_combine documents it: the float32 partial rows added
+    """dw as rms_fused_gw_combine documents it: the float32 partial rows added
     one after another from group 0, starting at 0, then rounded once."""
     acc = np.zeros(partials.shape[1], dtype=np.float32)
     for row in partials:
@@ -400,7 +400,7 @@ def test_dispatch_geometry(harness: Path, axis: int) -> None:
     ctg, cgrid = int(g["combine_threadgroup_size"]), int(g["combine_grid_size"])
     assert ctg % 32 == 0 and 32 <= ctg <= 256 and cgrid % ctg == 0
     assert cgrid >= axis > cgrid - ctg
-    assert g["combine_kernel"] == "rms_fused_dw_combinefloat32"
+    assert g["combine_kernel"] == "rms_fused_gw_combinefloat32"
 
 
 def test_geometry_respects_a_smaller_pipeline_limit(harness: Path) -> None:

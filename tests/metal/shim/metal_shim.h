@@ -395,6 +395,15 @@ inline float rsqrt(float x) {
   return 1.0f / std::sqrt(x);
 }
 
+inline bool isnan(float x) {
+  return std::isnan(x);
+}
+
+// As Metal defines it: fmin(fmax(x, lo), hi), so a NaN x gives lo.
+inline float clamp(float x, float lo, float hi) {
+  return std::fmin(std::fmax(x, lo), hi);
+}
+
 } // namespace metal
 
 // Metal's address spaces mean nothing here. Defined last: `thread` would

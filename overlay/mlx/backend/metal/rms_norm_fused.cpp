@@ -39,43 +39,62 @@ void RMSNormFused::eval_gpu(
   const array x = row_contiguous_copy(inputs[0], s, compute_encoder);
   const array r =
       has_residual_ ? row_contiguous_copy(inputs[1], s, compute_encoder) : x;
+  const array& w_branch = inputs[has_residual_ + 1];
   const array& w = inputs.back();
-  array& out = outputs[0];
   if (!has_residual_ && x.is_donatable()) {
-    out.copy_shared_buffer(x);
+    outputs[0].copy_shared_buffer(x);
   } else {
-    out.set_data(allocator::malloc(out.nbytes()));
+    for (auto& out : outputs) {
+      out.set_data(allocator::malloc(out.nbytes()));
+    }
   }
-  if (has_residual_) {
-    outputs[1].set_data(allocator::malloc(outputs[1].nbytes()));
-  }
-  array& h = has_residual_ ? outputs[1] : out;
+  // Without a residual h is y, and without an output norm y is h: the kernel
+  // writes only the one that exists.
+  array& y = outputs[0];
+  array& h = outputs.back();
 
   auto axis_size = static_cast<uint32_t>(x.shape().back());
-  if (axis_size == 0 || out.size() == 0) {
+  if (axis_size == 0 || y.size() == 0) {
     return;
   }
-  size_t n_rows = out.size() / axis_size;
+  size_t n_rows = y.size() / axis_size;
 
   // The variant depends on the row length alone; the looped one then takes
   // the largest threadgroup its pipeline allows.
+  bool has_offset = weight_offset_ != 0;
   auto name = rms_norm_fused_dispatch(axis_size, n_rows, 0)
-                  .kernel_name(has_residual_, type_to_name(out));
-  auto kernel = d.get_kernel(name);
+                  .kernel_name(has_residual_, type_to_name(y));
+  auto hash_name = name + (norm_branch_ ? "_branch" : "") +
+      (norm_output_ ? "" : "_post") + (has_offset ? "_offset" : "") +
+      (clip_residual_ ? "_clip" : "");
+  metal::MTLFCList func_consts = {
+      {&norm_branch_, MTL::DataType::DataTypeBool, 21},
+      {&norm_output_, MTL::DataType::DataTypeBool, 22},
+      {&has_offset, MTL::DataType::DataTypeBool, 23},
+      {&clip_residual_, MTL::DataType::DataTypeBool, 24},
+  };
+  auto kernel = d.get_kernel(name, hash_name, func_consts);
   auto dispatch = rms_norm_fused_dispatch(
       axis_size, n_rows, kernel->maxTotalThreadsPerThreadgroup());
   assert(dispatch.threadgroup_size <= kernel->maxTotalThreadsPerThreadgroup());
 
-  uint32_t w_stride = (w.ndim() == 1) ? w.strides()[0] : 0;
+  auto weight_stride = [](const array& w) -> uint32_t {
+    return w.ndim() == 1 ? w.strides()[0] : 0;
+  };
+  uint32_t w_stride = weight_stride(w);
+  uint32_t w_branch_stride = weight_stride(w_branch);
   compute_encoder.set_compute_pipeline_state(kernel);
   compute_encoder.set_input_array(x, 0);
   compute_encoder.set_input_array(r, 1);
   compute_encoder.set_input_array(w, 2);
-  compute_encoder.set_output_array(out, 3);
+  compute_encoder.set_output_array(y, 3);
   compute_encoder.set_output_array(h, 4);
   compute_encoder.set_bytes(eps_, 5);
   compute_encoder.set_bytes(axis_size, 6);
   compute_encoder.set_bytes(w_stride, 7);
+  compute_encoder.set_input_array(w_branch, 8);
+  compute_encoder.set_bytes(w_branch_stride, 9);
+  compute_encoder.set_bytes(weight_offset_, 10);
   compute_encoder.dispatch_threads(
       MTL::Size(dispatch.grid_size, 1, 1),
       MTL::Size(dispatch.threadgroup_size, 1, 1));
@@ -90,46 +109,50 @@ void RMSNormFusedVJP::eval_gpu(
 
   const array h = row_contiguous_copy(inputs[0], s, compute_encoder);
   const array& w = inputs[1];
-  const array dy = row_contiguous_copy(inputs[2], s, compute_encoder);
-  const array dh_in =
-      has_residual_ ? row_contiguous_copy(inputs[3], s, compute_encoder) : dy;
-  array& dh = outputs[0];
-  array& dw = outputs[1];
+  const array g = row_contiguous_copy(inputs[2], s, compute_encoder);
+  const array gh =
+      has_residual_ ? row_contiguous_copy(inputs[3], s, compute_encoder) : g;
+  array& gx = outputs[0];
+  array& gw = outputs[1];
   bool has_w = w.ndim() != 0;
+  bool has_offset = weight_offset_ != 0;
 
-  dh.set_data(allocator::malloc(dh.nbytes()));
+  gx.set_data(allocator::malloc(gx.nbytes()));
   auto axis_size = static_cast<uint32_t>(h.shape().back());
   size_t n_rows = axis_size == 0 ? 0 : h.size() / axis_size;
   if (n_rows == 0) {
-    // No rows: dw is all zeros.
-    fill_gpu(array(0, dw.dtype()), dw, s);
+    // No rows: gw is all zeros.
+    fill_gpu(array(0, gw.dtype()), gw, s);
     return;
   }
 
-  // Each threadgroup takes a run of rows and keeps its part of dw in float32,
+  // Each threadgroup takes a run of rows and keeps its part of gw in float32,
   // one row of partials per threadgroup, which are then summed in order.
   auto groups = rms_norm_fused_vjp_groups(n_rows);
-  array dw_partials = has_w
+  array gw_partials = has_w
       ? array(
             {static_cast<int>(groups.n_groups), h.shape().back()},
             float32,
             nullptr,
             {})
-      : dy;
+      : g;
   if (has_w) {
-    dw_partials.set_data(allocator::malloc(dw_partials.nbytes()));
-    compute_encoder.add_temporary(dw_partials);
+    gw_partials.set_data(allocator::malloc(gw_partials.nbytes()));
+    compute_encoder.add_temporary(gw_partials);
   }
 
   auto name = "vjp_" +
       rms_norm_fused_dispatch(axis_size, groups.n_groups, 0)
-          .kernel_name(has_residual_, type_to_name(dh));
+          .kernel_name(has_residual_, type_to_name(gx));
   metal::MTLFCList func_consts = {
       {&has_w, MTL::DataType::DataTypeBool, 20},
+      {&has_offset, MTL::DataType::DataTypeBool, 23},
   };
   {
-    auto kernel =
-        d.get_kernel(name, name + (has_w ? "_w" : "_now"), func_consts);
+    auto kernel = d.get_kernel(
+        name,
+        name + (has_w ? "_w" : "_now") + (has_offset ? "_offset" : ""),
+        func_consts);
     auto dispatch = rms_norm_fused_dispatch(
         axis_size, groups.n_groups, kernel->maxTotalThreadsPerThreadgroup());
     assert(
@@ -140,33 +163,34 @@ void RMSNormFusedVJP::eval_gpu(
     compute_encoder.set_compute_pipeline_state(kernel);
     compute_encoder.set_input_array(h, 0);
     compute_encoder.set_input_array(w, 1);
-    compute_encoder.set_input_array(dy, 2);
-    compute_encoder.set_input_array(dh_in, 3);
-    compute_encoder.set_output_array(dh, 4);
-    compute_encoder.set_output_array(dw_partials, 5);
+    compute_encoder.set_input_array(g, 2);
+    compute_encoder.set_input_array(gh, 3);
+    compute_encoder.set_output_array(gx, 4);
+    compute_encoder.set_output_array(gw_partials, 5);
     compute_encoder.set_bytes(eps_, 6);
     compute_encoder.set_bytes(axis_size, 7);
     compute_encoder.set_bytes(w_stride, 8);
     compute_encoder.set_bytes(n_rows_arg, 9);
     compute_encoder.set_bytes(groups.rows_per_group, 10);
+    compute_encoder.set_bytes(weight_offset_, 11);
     compute_encoder.dispatch_threads(
         MTL::Size(dispatch.grid_size, 1, 1),
         MTL::Size(dispatch.threadgroup_size, 1, 1));
   }
 
   if (!has_w) {
-    fill_gpu(array(0, dw.dtype()), dw, s);
+    fill_gpu(array(0, gw.dtype()), gw, s);
     return;
   }
-  dw.set_data(allocator::malloc(dw.nbytes()));
+  gw.set_data(allocator::malloc(gw.nbytes()));
   {
     auto kernel = d.get_kernel(
-        RMSNormFusedCombineDispatch::kernel_name(type_to_name(dw)));
+        RMSNormFusedCombineDispatch::kernel_name(type_to_name(gw)));
     auto dispatch = rms_norm_fused_combine_dispatch(
         axis_size, kernel->maxTotalThreadsPerThreadgroup());
     compute_encoder.set_compute_pipeline_state(kernel);
-    compute_encoder.set_input_array(dw_partials, 0);
-    compute_encoder.set_output_array(dw, 1);
+    compute_encoder.set_input_array(gw_partials, 0);
+    compute_encoder.set_output_array(gw, 1);
     compute_encoder.set_bytes(axis_size, 2);
     compute_encoder.set_bytes(groups.n_groups, 3);
     compute_encoder.dispatch_threads(

@@ -85,13 +85,13 @@ inline RMSNormFusedVJPGroups rms_norm_fused_vjp_groups(
 }
 
 // The partials are then summed over the groups, one thread per column, in
-// group order: dw[c] = T((((0 + p[0][c]) + p[1][c]) + ...) + p[n_groups-1][c]).
+// group order: gw[c] = T((((0 + p[0][c]) + p[1][c]) + ...) + p[n_groups-1][c]).
 struct RMSNormFusedCombineDispatch {
   size_t threadgroup_size;
   size_t grid_size;
 
   static std::string kernel_name(const std::string& type_name) {
-    return "rms_fused_dw_combine" + type_name;
+    return "rms_fused_gw_combine" + type_name;
   }
 };
 

@@ -8,11 +8,18 @@
 using namespace metal;
 
 constant bool has_w [[function_constant(20)]];
+constant bool norm_branch [[function_constant(21)]];
+constant bool norm_output [[function_constant(22)]];
+constant bool has_offset [[function_constant(23)]];
+constant bool clip_residual [[function_constant(24)]];
 
-// RMS norm of h = x + r (or of x alone), one threadgroup per row. h is rounded
-// to T before it is squared, as x + r would be, and is written out when
-// HAS_RESIDUAL. The output is w * T(h * rsqrt(mean(h^2) + eps)), in the order
-// rms_norm uses.
+// The forms of RMSNormFused, one threadgroup per row: b = x, or the norm of x
+// with the weight w_branch when norm_branch; h = b + r when HAS_RESIDUAL,
+// rounded to T as the add is (in float32 and clipped to the float16 range
+// when clip_residual), and written out; y = the norm of h with the weight w
+// when norm_output. Each norm is w * T(v * rsqrt(mean(v^2) + eps)), in the
+// order rms_norm uses, or T(v * rsqrt(mean(v^2) + eps) * (offset + w)) with
+// has_offset, as Gemma's norms compute it.
 
 template <int SIMD_SIZE>
 METAL_FUNC float threadgroup_sum(
@@ -32,6 +39,45 @@ METAL_FUNC float threadgroup_sum(
   return simd_sum(local_sums[simd_lane_id]);
 }
 
+// rsqrt(mean(v^2) + eps) of a row, from each thread's sum of squares. The
+// barrier at the end also keeps a second call from clearing local_sums while
+// another simdgroup still reads it for the first.
+template <int SIMD_SIZE>
+METAL_FUNC float threadgroup_inv_rms(
+    float sum_squares,
+    threadgroup float* local_sums,
+    threadgroup float* local_inv_mean,
+    uint axis_size,
+    float eps,
+    uint simd_lane_id,
+    uint simd_group_id) {
+  sum_squares = threadgroup_sum<SIMD_SIZE>(
+      sum_squares, local_sums, simd_lane_id, simd_group_id);
+  if (simd_group_id == 0 && simd_lane_id == 0) {
+    local_inv_mean[0] = metal::precise::rsqrt(sum_squares / axis_size + eps);
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  return local_inv_mean[0];
+}
+
+template <typename T>
+METAL_FUNC T scale_normalized(float v, float inv_mean, T w, float offset) {
+  if (has_offset) {
+    return static_cast<T>(v * inv_mean * (offset + static_cast<float>(w)));
+  }
+  return w * static_cast<T>(v * inv_mean);
+}
+
+template <typename T>
+METAL_FUNC T residual_add(T b, T r) {
+  if (clip_residual) {
+    float sum = static_cast<float>(b) + static_cast<float>(r);
+    return static_cast<T>(
+        metal::isnan(sum) ? sum : metal::clamp(sum, -65504.0f, 65504.0f));
+  }
+  return static_cast<T>(b + r);
+}
+
 template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
 [[kernel]] void rms_fused_single_row(
     const device T* x,
@@ -42,6 +88,9 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
     constant float& eps,
     constant uint& axis_size,
     constant uint& w_stride,
+    const device T* w_branch,
+    constant uint& w_branch_stride,
+    constant float& weight_offset,
     uint gid [[threadgroup_position_in_grid]],
     uint lid [[thread_position_in_threadgroup]],
     uint simd_lane_id [[thread_index_in_simdgroup]],
@@ -56,12 +105,36 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
   h_out += offset;
   out += offset;
   w += w_stride * lid * N_READS;
+  w_branch += w_branch_stride * lid * N_READS;
+
+  float thread_h[N_READS];
+  if (norm_branch) {
+    float acc = 0;
+    for (int i = 0; i < N_READS; i++) {
+      thread_h[i] = (lid * N_READS + i < axis_size) ? float(x[i]) : 0;
+      acc += thread_h[i] * thread_h[i];
+    }
+    float inv_mean = threadgroup_inv_rms<SIMD_SIZE>(
+        acc,
+        local_sums,
+        local_inv_mean,
+        axis_size,
+        eps,
+        simd_lane_id,
+        simd_group_id);
+    for (int i = 0; i < N_READS; i++) {
+      if (lid * N_READS + i < axis_size) {
+        thread_h[i] = scale_normalized(
+            thread_h[i], inv_mean, w_branch[w_branch_stride * i], weight_offset);
+      }
+    }
+  }
 
   float acc = 0;
-  float thread_h[N_READS];
   for (int i = 0; i < N_READS; i++) {
     if (lid * N_READS + i < axis_size) {
-      T hi = HAS_RESIDUAL ? static_cast<T>(x[i] + r[i]) : x[i];
+      T bi = norm_branch ? static_cast<T>(thread_h[i]) : x[i];
+      T hi = HAS_RESIDUAL ? residual_add(bi, r[i]) : bi;
       if (HAS_RESIDUAL) {
         h_out[i] = hi;
       }
@@ -71,18 +144,22 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
     }
     acc += thread_h[i] * thread_h[i];
   }
-
-  acc =
-      threadgroup_sum<SIMD_SIZE>(acc, local_sums, simd_lane_id, simd_group_id);
-  if (simd_group_id == 0 && simd_lane_id == 0) {
-    local_inv_mean[0] = metal::precise::rsqrt(acc / axis_size + eps);
+  if (!norm_output) {
+    return;
   }
-  threadgroup_barrier(mem_flags::mem_threadgroup);
-  float inv_mean = local_inv_mean[0];
 
+  float inv_mean = threadgroup_inv_rms<SIMD_SIZE>(
+      acc,
+      local_sums,
+      local_inv_mean,
+      axis_size,
+      eps,
+      simd_lane_id,
+      simd_group_id);
   for (int i = 0; i < N_READS; i++) {
     if (lid * N_READS + i < axis_size) {
-      out[i] = w[w_stride * i] * static_cast<T>(thread_h[i] * inv_mean);
+      out[i] = scale_normalized(
+          thread_h[i], inv_mean, w[w_stride * i], weight_offset);
     }
   }
 }
@@ -97,6 +174,9 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
     constant float& eps,
     constant uint& axis_size,
     constant uint& w_stride,
+    const device T* w_branch,
+    constant uint& w_branch_stride,
+    constant float& weight_offset,
     uint gid [[threadgroup_position_in_grid]],
     uint lid [[thread_position_in_threadgroup]],
     uint lsize [[threads_per_threadgroup]],
@@ -112,12 +192,40 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
   h_out += offset;
   out += offset;
   w += w_stride * lid * N_READS;
+  w_branch += w_branch_stride * lid * N_READS;
+
+  float branch_inv_mean = 0;
+  if (norm_branch) {
+    float acc = 0;
+    for (uint c = 0; c < axis_size; c += lsize * N_READS) {
+      for (int i = 0; i < N_READS; i++) {
+        if (c + lid * N_READS + i < axis_size) {
+          float xf = x[c + i];
+          acc += xf * xf;
+        }
+      }
+    }
+    branch_inv_mean = threadgroup_inv_rms<SIMD_SIZE>(
+        acc,
+        local_sums,
+        local_inv_mean,
+        axis_size,
+        eps,
+        simd_lane_id,
+        simd_group_id);
+  }
 
   float acc = 0;
   for (uint c = 0; c < axis_size; c += lsize * N_READS) {
     for (int i = 0; i < N_READS; i++) {
       if (c + lid * N_READS + i < axis_size) {
-        T hi = HAS_RESIDUAL ? static_cast<T>(x[c + i] + r[c + i]) : x[c + i];
+        T bi = norm_branch ? scale_normalized(
+                                 static_cast<float>(x[c + i]),
+                                 branch_inv_mean,
+                                 w_branch[w_branch_stride * (c + i)],
+                                 weight_offset)
+                           : x[c + i];
+        T hi = HAS_RESIDUAL ? residual_add(bi, r[c + i]) : bi;
         if (HAS_RESIDUAL) {
           h_out[c + i] = hi;
         }
@@ -126,22 +234,29 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
       }
     }
   }
-
-  acc =
-      threadgroup_sum<SIMD_SIZE>(acc, local_sums, simd_lane_id, simd_group_id);
-  if (simd_group_id == 0 && simd_lane_id == 0) {
-    local_inv_mean[0] = metal::precise::rsqrt(acc / axis_size + eps);
+  if (!norm_output) {
+    return;
   }
-  threadgroup_barrier(mem_flags::mem_threadgroup);
-  float inv_mean = local_inv_mean[0];
+
+  float inv_mean = threadgroup_inv_rms<SIMD_SIZE>(
+      acc,
+      local_sums,
+      local_inv_mean,
+      axis_size,
+      eps,
+      simd_lane_id,
+      simd_group_id);
 
   // Each thread reads back only the h values it wrote itself.
   const device T* h = HAS_RESIDUAL ? h_out : x;
   for (uint c = 0; c < axis_size; c += lsize * N_READS) {
     for (int i = 0; i < N_READS; i++) {
       if (c + lid * N_READS + i < axis_size) {
-        out[c + i] = w[w_stride * (c + i)] *
-            static_cast<T>(static_cast<float>(h[c + i]) * inv_mean);
+        out[c + i] = scale_normalized(
+            static_cast<float>(h[c + i]),
+            inv_mean,
+            w[w_stride * (c + i)],
+            weight_offset);
       }
     }
   }
@@ -174,25 +289,26 @@ METAL_FUNC void threadgroup_sum_pair(
   b = simd_sum(local_sums[SIMD_SIZE + simd_lane_id]);
 }
 
-// Gradient of y = w * h * rsqrt(mean(h^2) + eps): dh, plus the incoming
-// cotangent of h when HAS_DH. Threadgroup gid takes rows gid * rows_per_group
-// up to the next group's first row (or n_rows), in order. When has_w, it also
-// writes row gid of dw_partials: the float32 sum, over its rows in order, of
-// g * h * inv for each column, which rms_fused_dw_combine then sums over the
-// groups in order.
-template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
+// Gradient of y = s * h * rsqrt(mean(h^2) + eps), with the scale s = w, or
+// offset + w when has_offset: gx, plus the incoming cotangent gh of h when
+// HAS_GH. Threadgroup gid takes rows gid * rows_per_group up to the next
+// group's first row (or n_rows), in order. When has_w, it also writes row gid
+// of gw_partials: the float32 sum, over its rows in order, of g * h * inv for
+// each column, which rms_fused_gw_combine then sums over the groups in order.
+template <typename T, bool HAS_GH, int N_READS = RMS_N_READS>
 [[kernel]] void vjp_rms_fused_single_row(
     const device T* h,
     const device T* w,
-    const device T* dy,
-    const device T* dh_in,
-    device T* dh,
-    device float* dw_partials,
+    const device T* g,
+    const device T* gh,
+    device T* gx,
+    device float* gw_partials,
     constant float& eps,
     constant uint& axis_size,
     constant uint& w_stride,
     constant uint& n_rows,
     constant uint& rows_per_group,
+    constant float& weight_offset,
     uint gid [[threadgroup_position_in_grid]],
     uint lid [[thread_position_in_threadgroup]],
     uint simd_lane_id [[thread_index_in_simdgroup]],
@@ -202,10 +318,13 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
 
   uint col = lid * N_READS;
   float thread_w[N_READS];
-  float dw_acc[N_READS];
+  float gw_acc[N_READS];
   for (int i = 0; i < N_READS; i++) {
     thread_w[i] = (col + i < axis_size) ? float(w[w_stride * (col + i)]) : 0.0f;
-    dw_acc[i] = 0.0f;
+    if (has_offset) {
+      thread_w[i] += weight_offset;
+    }
+    gw_acc[i] = 0.0f;
   }
 
   uint row_begin = gid * rows_per_group;
@@ -222,7 +341,7 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
     for (int i = 0; i < N_READS; i++) {
       if (col + i < axis_size) {
         thread_h[i] = h[offset + i];
-        thread_g[i] = dy[offset + i];
+        thread_g[i] = g[offset + i];
       } else {
         thread_h[i] = 0;
         thread_g[i] = 0;
@@ -244,22 +363,22 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
       if (col + i < axis_size) {
         float d =
             thread_g[i] * thread_w[i] * inv - thread_h[i] * mean_gwh * inv3;
-        if (HAS_DH) {
-          d += static_cast<float>(dh_in[offset + i]);
+        if (HAS_GH) {
+          d += static_cast<float>(gh[offset + i]);
         }
-        dh[offset + i] = static_cast<T>(d);
+        gx[offset + i] = static_cast<T>(d);
         if (has_w) {
-          dw_acc[i] += thread_g[i] * thread_h[i] * inv;
+          gw_acc[i] += thread_g[i] * thread_h[i] * inv;
         }
       }
     }
   }
 
   if (has_w) {
-    dw_partials += gid * size_t(axis_size) + col;
+    gw_partials += gid * size_t(axis_size) + col;
     for (int i = 0; i < N_READS; i++) {
       if (col + i < axis_size) {
-        dw_partials[i] = dw_acc[i];
+        gw_partials[i] = gw_acc[i];
       }
     }
   }
@@ -269,19 +388,20 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
 // accumulates its columns of the group's partial row in place: the columns a
 // thread owns do not change from row to row, so it reads back only its own
 // writes.
-template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
+template <typename T, bool HAS_GH, int N_READS = RMS_N_READS>
 [[kernel]] void vjp_rms_fused_looped(
     const device T* h,
     const device T* w,
-    const device T* dy,
-    const device T* dh_in,
-    device T* dh,
-    device float* dw_partials,
+    const device T* g,
+    const device T* gh,
+    device T* gx,
+    device float* gw_partials,
     constant float& eps,
     constant uint& axis_size,
     constant uint& w_stride,
     constant uint& n_rows,
     constant uint& rows_per_group,
+    constant float& weight_offset,
     uint gid [[threadgroup_position_in_grid]],
     uint lid [[thread_position_in_threadgroup]],
     uint lsize [[threads_per_threadgroup]],
@@ -291,7 +411,7 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
   threadgroup float local_sums[4 * SIMD_SIZE];
 
   uint col = lid * N_READS;
-  dw_partials += gid * size_t(axis_size) + col;
+  gw_partials += gid * size_t(axis_size) + col;
   w += w_stride * col;
 
   uint row_begin = gid * rows_per_group;
@@ -307,8 +427,11 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
       for (int i = 0; i < N_READS; i++) {
         if (c + col + i < axis_size) {
           float hi = h[offset + c + i];
-          float gi = dy[offset + c + i];
+          float gi = g[offset + c + i];
           float wi = w[w_stride * (c + i)];
+          if (has_offset) {
+            wi += weight_offset;
+          }
           sumh2 += hi * hi;
           sumgwh += gi * wi * hi;
         }
@@ -328,16 +451,19 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
       for (int i = 0; i < N_READS; i++) {
         if (c + col + i < axis_size) {
           float hi = h[offset + c + i];
-          float gi = dy[offset + c + i];
+          float gi = g[offset + c + i];
           float wi = w[w_stride * (c + i)];
-          float d = gi * wi * inv - hi * mean_gwh * inv3;
-          if (HAS_DH) {
-            d += static_cast<float>(dh_in[offset + c + i]);
+          if (has_offset) {
+            wi += weight_offset;
           }
-          dh[offset + c + i] = static_cast<T>(d);
+          float d = gi * wi * inv - hi * mean_gwh * inv3;
+          if (HAS_GH) {
+            d += static_cast<float>(gh[offset + c + i]);
+          }
+          gx[offset + c + i] = static_cast<T>(d);
           if (has_w) {
-            float dw_acc = (row == row_begin) ? 0.0f : dw_partials[c + i];
-            dw_partials[c + i] = dw_acc + gi * hi * inv;
+            float gw_acc = (row == row_begin) ? 0.0f : gw_partials[c + i];
+            gw_partials[c + i] = gw_acc + gi * hi * inv;
           }
         }
       }
@@ -345,12 +471,12 @@ template <typename T, bool HAS_DH, int N_READS = RMS_N_READS>
   }
 }
 
-// dw = sum over the groups of the float32 partials, one thread per column,
+// gw = sum over the groups of the float32 partials, one thread per column,
 // in group order, rounded to T once.
 template <typename T>
-[[kernel]] void rms_fused_dw_combine(
-    const device float* dw_partials,
-    device T* dw,
+[[kernel]] void rms_fused_gw_combine(
+    const device float* gw_partials,
+    device T* gw,
     constant uint& axis_size,
     constant uint& n_groups,
     uint col [[thread_position_in_grid]]) {
@@ -359,9 +485,9 @@ template <typename T>
   }
   float acc = 0;
   for (uint k = 0; k < n_groups; k++) {
-    acc += dw_partials[k * size_t(axis_size) + col];
+    acc += gw_partials[k * size_t(axis_size) + col];
   }
-  dw[col] = static_cast<T>(acc);
+  gw[col] = static_cast<T>(acc);
 }
 
 // clang-format off
@@ -373,7 +499,7 @@ template <typename T>
   instantiate_kernel(                                                          \
       "rms_fused_residual_looped" #name, rms_fused_looped, itype, true)        \
   instantiate_kernel(                                                          \
-      "rms_fused_dw_combine" #name, rms_fused_dw_combine, itype)               \
+      "rms_fused_gw_combine" #name, rms_fused_gw_combine, itype)               \
   instantiate_kernel(                                                          \
       "vjp_rms_fused" #name, vjp_rms_fused_single_row, itype, false)           \
   instantiate_kernel(                                                          \
