@@ -69,14 +69,30 @@ struct BlockBroadcastReduce {
   }
 };
 
-// h = x + r rounded to T, as the add op rounds it.
+// The form of the forward: b = x, or the norm of x with the branch weight
+// when NORM_BRANCH; h = b + r when HAS_RESIDUAL; y = the norm of h when
+// NORM_OUTPUT.
+template <bool HAS_RESIDUAL, bool NORM_BRANCH, bool NORM_OUTPUT>
+struct FusedForm {
+  static constexpr bool has_residual = HAS_RESIDUAL;
+  static constexpr bool norm_branch = NORM_BRANCH;
+  static constexpr bool norm_output = NORM_OUTPUT;
+};
+
+// h = b + r rounded to T, as the add op rounds it; with clip_residual, the
+// float32 sum clipped to the float16 range first, as Gemma 3 does.
 template <typename T, int N>
 __device__ void add_in_place(
-    AlignedVector<T, N>& x,
-    const AlignedVector<T, N>& r) {
+    AlignedVector<T, N>& b,
+    const AlignedVector<T, N>& r,
+    bool clip_residual) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
-    x[i] = static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(r[i]));
+    float sum = static_cast<float>(b[i]) + static_cast<float>(r[i]);
+    if (clip_residual && !isnan(sum)) {
+      sum = fminf(fmaxf(sum, -65504.0f), 65504.0f);
+    }
+    b[i] = static_cast<T>(sum);
   }
 }
 
@@ -90,12 +106,24 @@ __device__ void add_squares(float& sum, const AlignedVector<T, N>& v) {
   }
 }
 
+// The normalized value times the weight, w * T(h * inv_rms) in the order
+// rms_norm uses, or T(h * inv_rms * (offset + w)) with an offset, as Gemma's
+// norms compute it.
 template <typename T, int N>
-__device__ void
-scale(AlignedVector<T, N>& h, const AlignedVector<T, N>& w, float inv_rms) {
+__device__ void scale(
+    AlignedVector<T, N>& h,
+    const AlignedVector<T, N>& w,
+    float inv_rms,
+    float offset) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
-    h[i] = w[i] * static_cast<T>(static_cast<float>(h[i]) * inv_rms);
+    if (offset != 0) {
+      h[i] = static_cast<T>(
+          static_cast<float>(h[i]) * inv_rms *
+          (offset + static_cast<float>(w[i])));
+    } else {
+      h[i] = w[i] * static_cast<T>(static_cast<float>(h[i]) * inv_rms);
+    }
   }
 }
 
@@ -108,15 +136,15 @@ __device__ void set_zero(AlignedVector<T, N>& v) {
 }
 
 // Rows of up to blockDim.x * N_CHUNKS vectors of N_READS values stay in
-// registers between the sum of squares and the scaling: each is read once.
+// registers between the sums of squares and the scaling: each is read once.
 // ALIGNED: every pointer is 16-byte aligned, the row length is a multiple of
-// N_READS and the weight is contiguous, so the loads and stores need no
+// N_READS and the weights are contiguous, so the loads and stores need no
 // element-wise fallback, which would cost registers and occupancy. Only the
 // last chunk can run past the end of the row. BLOCK_DIM is WARP_SIZE for
 // blocks of one warp, which then skip the exchange between warps.
 template <
     typename T,
-    bool HAS_RESIDUAL,
+    typename Form,
     int N_CHUNKS,
     bool ALIGNED,
     int N_READS,
@@ -130,10 +158,16 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
         T* h,
         float eps,
         uint32_t axis_size,
-        int64_t w_stride) {
+        int64_t w_stride,
+        const T* w_branch,
+        int64_t w_branch_stride,
+        float weight_offset,
+        bool clip_residual) {
   auto block = cg::this_thread_block();
   using BlockReduceT = BlockBroadcastReduce<float, BLOCK_DIM>;
-  __shared__ typename BlockReduceT::TempStorage temp;
+  // Two, so that a warp can store the sum of the second norm while another
+  // still reads that of the first.
+  __shared__ typename BlockReduceT::TempStorage temp[2];
 
   size_t row = static_cast<size_t>(blockIdx.x) * axis_size;
   x += row;
@@ -142,53 +176,90 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
   h += row;
 
   uint32_t n_vectors = cuda::ceil_div(axis_size, N_READS);
+  auto in_row = [&](int i) {
+    return !ALIGNED || i + 1 < N_CHUNKS ||
+        i * blockDim.x + threadIdx.x < n_vectors;
+  };
+  auto load = [&](const T* p, int i) {
+    uint32_t index = i * blockDim.x + threadIdx.x;
+    if constexpr (ALIGNED) {
+      return unsafe_load_vector<N_READS>(p, index);
+    } else {
+      return load_vector<N_READS>(p, index, axis_size, T(0));
+    }
+  };
+  auto load_weight = [&](const T* p, int64_t stride, int i) {
+    uint32_t index = i * blockDim.x + threadIdx.x;
+    if constexpr (ALIGNED) {
+      return unsafe_load_vector<N_READS>(p, index);
+    } else {
+      return load_vector<N_READS>(p, index, axis_size, stride, T(0));
+    }
+  };
+  auto store = [&](T* p, int i, const AlignedVector<T, N_READS>& v) {
+    uint32_t index = i * blockDim.x + threadIdx.x;
+    if constexpr (ALIGNED) {
+      unsafe_store_vector<N_READS>(p, index, v);
+    } else {
+      store_vector<N_READS>(p, index, v, axis_size);
+    }
+  };
+
   AlignedVector<T, N_READS> hn[N_CHUNKS];
+#pragma unroll
+  for (int i = 0; i < N_CHUNKS; i++) {
+    if (in_row(i)) {
+      hn[i] = load(x, i);
+    } else {
+      set_zero(hn[i]);
+    }
+  }
+  if constexpr (Form::norm_branch) {
+    float sum_squares = 0;
+#pragma unroll
+    for (int i = 0; i < N_CHUNKS; i++) {
+      add_squares(sum_squares, hn[i]);
+    }
+    float inv_rms =
+        rsqrt(BlockReduceT{block, temp[1]}.Sum(sum_squares) / axis_size + eps);
+#pragma unroll
+    for (int i = 0; i < N_CHUNKS; i++) {
+      if (in_row(i)) {
+        scale(
+            hn[i],
+            load_weight(w_branch, w_branch_stride, i),
+            inv_rms,
+            weight_offset);
+      }
+    }
+  }
   float sum_squares = 0;
 #pragma unroll
   for (int i = 0; i < N_CHUNKS; i++) {
-    uint32_t index = i * blockDim.x + threadIdx.x;
-    if constexpr (ALIGNED) {
-      if (i + 1 < N_CHUNKS || index < n_vectors) {
-        hn[i] = unsafe_load_vector<N_READS>(x, index);
-        if constexpr (HAS_RESIDUAL) {
-          add_in_place(hn[i], unsafe_load_vector<N_READS>(r, index));
-          unsafe_store_vector<N_READS>(h, index, hn[i]);
-        }
-      } else {
-        set_zero(hn[i]);
-      }
-    } else {
-      hn[i] = load_vector<N_READS>(x, index, axis_size, T(0));
-      if constexpr (HAS_RESIDUAL) {
-        add_in_place(hn[i], load_vector<N_READS>(r, index, axis_size, T(0)));
-        store_vector<N_READS>(h, index, hn[i], axis_size);
+    if constexpr (Form::has_residual) {
+      if (in_row(i)) {
+        add_in_place(hn[i], load(r, i), clip_residual);
+        store(h, i, hn[i]);
       }
     }
     add_squares(sum_squares, hn[i]);
   }
-  float inv_rms =
-      rsqrt(BlockReduceT{block, temp}.Sum(sum_squares) / axis_size + eps);
+  if constexpr (Form::norm_output) {
+    float inv_rms =
+        rsqrt(BlockReduceT{block, temp[0]}.Sum(sum_squares) / axis_size + eps);
 #pragma unroll
-  for (int i = 0; i < N_CHUNKS; i++) {
-    uint32_t index = i * blockDim.x + threadIdx.x;
-    if constexpr (ALIGNED) {
-      if (i + 1 < N_CHUNKS || index < n_vectors) {
-        scale(hn[i], unsafe_load_vector<N_READS>(w, index), inv_rms);
-        unsafe_store_vector<N_READS>(out, index, hn[i]);
+    for (int i = 0; i < N_CHUNKS; i++) {
+      if (in_row(i)) {
+        scale(hn[i], load_weight(w, w_stride, i), inv_rms, weight_offset);
+        store(out, i, hn[i]);
       }
-    } else {
-      scale(
-          hn[i],
-          load_vector<N_READS>(w, index, axis_size, w_stride, T(0)),
-          inv_rms);
-      store_vector<N_READS>(out, index, hn[i], axis_size);
     }
   }
 }
 
-// Longer rows: h is formed and written in the first pass and read back, from
-// L2 if it still holds it, in the second.
-template <typename T, bool HAS_RESIDUAL, int N_READS>
+// Longer rows: h is formed and written in one pass and read back, from L2 if
+// it still holds it, in the next. The branch norm first reads x once more.
+template <typename T, typename Form, int N_READS>
 __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
     const T* x,
     const T* r,
@@ -197,10 +268,15 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
     T* h,
     float eps,
     uint32_t axis_size,
-    int64_t w_stride) {
+    int64_t w_stride,
+    const T* w_branch,
+    int64_t w_branch_stride,
+    float weight_offset,
+    bool clip_residual) {
   auto block = cg::this_thread_block();
   using BlockReduceT = BlockBroadcastReduce<float, RMS_FUSED_LOOPED_BLOCK>;
-  __shared__ typename BlockReduceT::TempStorage temp;
+  // Two, as in rms_norm_fused_small.
+  __shared__ typename BlockReduceT::TempStorage temp[2];
 
   size_t row = static_cast<size_t>(blockIdx.x) * axis_size;
   x += row;
@@ -209,23 +285,48 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
   h += row;
 
   uint32_t n_vectors = cuda::ceil_div(axis_size, N_READS);
+  float branch_inv_rms = 0;
+  if constexpr (Form::norm_branch) {
+    float sum_squares = 0;
+    for (uint32_t index = threadIdx.x; index < n_vectors;
+         index += blockDim.x) {
+      add_squares(sum_squares, load_vector<N_READS>(x, index, axis_size, T(0)));
+    }
+    branch_inv_rms =
+        rsqrt(BlockReduceT{block, temp[1]}.Sum(sum_squares) / axis_size + eps);
+  }
   float sum_squares = 0;
   for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
     auto hn = load_vector<N_READS>(x, index, axis_size, T(0));
-    if constexpr (HAS_RESIDUAL) {
-      add_in_place(hn, load_vector<N_READS>(r, index, axis_size, T(0)));
+    if constexpr (Form::norm_branch) {
+      scale(
+          hn,
+          load_vector<N_READS>(
+              w_branch, index, axis_size, w_branch_stride, T(0)),
+          branch_inv_rms,
+          weight_offset);
+    }
+    if constexpr (Form::has_residual) {
+      add_in_place(
+          hn, load_vector<N_READS>(r, index, axis_size, T(0)), clip_residual);
       store_vector<N_READS>(h, index, hn, axis_size);
     }
     add_squares(sum_squares, hn);
   }
-  float inv_rms =
-      rsqrt(BlockReduceT{block, temp}.Sum(sum_squares) / axis_size + eps);
-  const T* h_in = HAS_RESIDUAL ? h : x;
-  for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-    auto hn = load_vector<N_READS>(h_in, index, axis_size, T(0));
-    scale(
-        hn, load_vector<N_READS>(w, index, axis_size, w_stride, T(0)), inv_rms);
-    store_vector<N_READS>(out, index, hn, axis_size);
+  if constexpr (Form::norm_output) {
+    float inv_rms =
+        rsqrt(BlockReduceT{block, temp[0]}.Sum(sum_squares) / axis_size + eps);
+    const T* h_in = Form::has_residual ? h : x;
+    for (uint32_t index = threadIdx.x; index < n_vectors;
+         index += blockDim.x) {
+      auto hn = load_vector<N_READS>(h_in, index, axis_size, T(0));
+      scale(
+          hn,
+          load_vector<N_READS>(w, index, axis_size, w_stride, T(0)),
+          inv_rms,
+          weight_offset);
+      store_vector<N_READS>(out, index, hn, axis_size);
+    }
   }
 }
 
@@ -246,33 +347,36 @@ __device__ void keep_packed(AlignedVector<T, N>& v) {
   }
 }
 
-// Adds h * h, in the order of the forward's sum of squares, and w * g * h.
+// Adds h * h, in the order of the forward's sum of squares, and s * g * h,
+// where the scale s is w, or offset + w.
 template <bool HAS_W, typename T, int N>
 __device__ void add_vjp_sums(
     float2& sums,
     const AlignedVector<T, N>& h,
     const AlignedVector<T, N>& g,
-    const AlignedVector<T, N>& w) {
+    const AlignedVector<T, N>& w,
+    float offset) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
     float hi = static_cast<float>(h[i]);
     float wgi = static_cast<float>(g[i]);
     if constexpr (HAS_W) {
-      wgi *= static_cast<float>(w[i]);
+      wgi *= static_cast<float>(w[i]) + offset;
     }
     sums.x += hi * hi;
     sums.y += wgi * hi;
   }
 }
 
-// gx = w * g * inv_rms - h * inv_rms^3 * mean(w * g * h) (+ gh), and
-// gw += g * h * inv_rms, all in float32.
+// gx = s * g * inv_rms - h * inv_rms^3 * mean(s * g * h) (+ gh), and
+// gw += g * h * inv_rms, all in float32, with the scale s = w or offset + w.
 template <bool HAS_W, bool HAS_GH, typename T, int N>
 __device__ AlignedVector<T, N> vjp_vector(
     const AlignedVector<T, N>& h,
     const AlignedVector<T, N>& g,
     const AlignedVector<T, N>& w,
     const AlignedVector<T, N>& gh,
+    float offset,
     float inv_rms,
     float mean_wgh,
     float inv_rms3,
@@ -284,7 +388,7 @@ __device__ AlignedVector<T, N> vjp_vector(
     float gi = static_cast<float>(g[i]);
     float wgi = gi;
     if constexpr (HAS_W) {
-      wgi *= static_cast<float>(w[i]);
+      wgi *= static_cast<float>(w[i]) + offset;
     }
     float gxi = wgi * inv_rms - hi * mean_wgh * inv_rms3;
     if constexpr (HAS_GH) {
@@ -322,7 +426,8 @@ __global__ void __launch_bounds__(
         float eps,
         uint32_t axis_size,
         uint32_t n_rows,
-        uint32_t rows_per_block) {
+        uint32_t rows_per_block,
+        float weight_offset) {
   auto block = cg::this_thread_block();
   using BlockReduceF2 = BlockBroadcastReduce<float2, BLOCK_DIM>;
   // Two, so that a warp can store the sums of a row while another still
@@ -363,7 +468,7 @@ __global__ void __launch_bounds__(
         if constexpr (HAS_GH) {
           ghn[i] = unsafe_load_vector<N_READS>(gh, index);
         }
-        add_vjp_sums<true>(sums, hn[i], gn[i], wn[i]);
+        add_vjp_sums<true>(sums, hn[i], gn[i], wn[i], weight_offset);
       }
     }
     sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
@@ -384,6 +489,7 @@ __global__ void __launch_bounds__(
                 gn[i],
                 wn[i],
                 HAS_GH ? ghn[i] : hn[i],
+                weight_offset,
                 inv_rms,
                 mean_wgh,
                 inv_rms3,
@@ -421,6 +527,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
         uint32_t axis_size,
         uint32_t n_rows,
         uint32_t rows_per_block,
+        float weight_offset,
         int64_t w_stride) {
   auto block = cg::this_thread_block();
   using BlockReduceF2 = BlockBroadcastReduce<float2, RMS_FUSED_LOOPED_BLOCK>;
@@ -443,7 +550,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
       if constexpr (HAS_W) {
         wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
       }
-      add_vjp_sums<HAS_W>(sums, hn, gn, wn);
+      add_vjp_sums<HAS_W>(sums, hn, gn, wn, weight_offset);
     }
     sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
     float inv_rms = rsqrt(sums.x / axis_size + eps);
@@ -471,7 +578,15 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
           gx + row,
           index,
           vjp_vector<HAS_W, HAS_GH>(
-              hn, gn, wn, ghn, inv_rms, mean_wgh, inv_rms3, gwn),
+              hn,
+              gn,
+              wn,
+              ghn,
+              weight_offset,
+              inv_rms,
+              mean_wgh,
+              inv_rms3,
+              gwn),
           axis_size);
       if constexpr (HAS_W) {
         store_vector<N_READS>(gw, index, gwn, axis_size);
@@ -551,6 +666,24 @@ array ensure_row_contiguous(
   return copy;
 }
 
+// The kernels are instantiated for the forms RMSNormFused has.
+template <typename F>
+void dispatch_fused_form(
+    bool has_residual,
+    bool norm_branch,
+    bool norm_output,
+    F&& f) {
+  if (!has_residual) {
+    f(cu::FusedForm<false, false, true>{});
+  } else if (!norm_branch) {
+    f(cu::FusedForm<true, false, true>{});
+  } else if (!norm_output) {
+    f(cu::FusedForm<true, true, false>{});
+  } else {
+    f(cu::FusedForm<true, true, true>{});
+  }
+}
+
 } // namespace
 
 bool RMSNormFused::use_fallback(Stream s) {
@@ -569,32 +702,42 @@ void RMSNormFused::eval_gpu(
   const array x = ensure_row_contiguous(inputs[0], encoder, s);
   const array res =
       has_residual_ ? ensure_row_contiguous(inputs[1], encoder, s) : x;
+  const array& w_branch = inputs[has_residual_ + 1];
   const array& w = inputs.back();
-  array& out = outputs[0];
   if (donate_x) {
-    out.copy_shared_buffer(x);
+    outputs[0].copy_shared_buffer(x);
   } else {
-    out.set_data(cu::malloc_async(out.nbytes(), encoder));
+    for (auto& out : outputs) {
+      out.set_data(cu::malloc_async(out.nbytes(), encoder));
+    }
   }
-  if (has_residual_) {
-    outputs[1].set_data(cu::malloc_async(outputs[1].nbytes(), encoder));
-  }
-  array& h = has_residual_ ? outputs[1] : out;
+  // Without a residual h is y, and without an output norm y is h: the kernel
+  // writes only the one that exists.
+  array& out = outputs[0];
+  array& h = outputs.back();
 
   uint32_t axis_size = x.shape().back();
   if (axis_size == 0 || out.size() == 0) {
     return;
   }
   uint32_t n_rows = out.size() / axis_size;
-  int64_t w_stride = (w.ndim() == 1) ? w.strides()[0] : 0;
+  auto weight_stride = [](const array& w) -> int64_t {
+    return w.ndim() == 1 ? w.strides()[0] : 0;
+  };
+  int64_t w_stride = weight_stride(w);
+  int64_t w_branch_stride = weight_stride(w_branch);
 
   encoder.set_input_array(x);
   if (has_residual_) {
     encoder.set_input_array(res);
-    encoder.set_output_array(h);
+  }
+  if (norm_branch_) {
+    encoder.set_input_array(w_branch);
   }
   encoder.set_input_array(w);
-  encoder.set_output_array(out);
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+  }
   dispatch_float_types(out.dtype(), "rmsnorm_fused", [&](auto type_tag) {
     using DataType = cuda_type_t<MLX_GET_TYPE(type_tag)>;
     constexpr int N_READS = 16 / sizeof(DataType);
@@ -602,8 +745,12 @@ void RMSNormFused::eval_gpu(
     auto is_aligned = [](const array& a) {
       return cu::is_aligned<N_READS>(gpu_ptr<DataType>(a));
     };
-    bool aligned = axis_size % N_READS == 0 && w_stride == 1 && is_aligned(x) &&
-        is_aligned(res) && is_aligned(w) && is_aligned(out) && is_aligned(h);
+    // An unread weight (the branch weight of the plain and pre-norm forms,
+    // the output weight of the post-norm form) is the other one.
+    bool aligned = axis_size % N_READS == 0 && w_stride == 1 &&
+        (!norm_branch_ || w_branch_stride == 1) && is_aligned(x) &&
+        is_aligned(res) && is_aligned(w) && is_aligned(w_branch) &&
+        is_aligned(out) && is_aligned(h);
     auto add_node = [&](auto kernel) {
       encoder.add_kernel_node(
           kernel,
@@ -616,42 +763,46 @@ void RMSNormFused::eval_gpu(
           gpu_ptr<DataType>(h),
           eps_,
           axis_size,
-          w_stride);
+          w_stride,
+          gpu_ptr<DataType>(w_branch),
+          w_branch_stride,
+          weight_offset_,
+          clip_residual_);
     };
-    dispatch_bool(has_residual_, [&](auto has_residual) {
-      if (launch.n_chunks == 0) {
-        add_node(
-            cu::rms_norm_fused_looped<DataType, has_residual.value, N_READS>);
-        return;
-      }
-      dispatch_fused_chunks(launch.n_chunks, [&](auto n_chunks) {
-        dispatch_bool(aligned, [&](auto aligned_constant) {
-          constexpr int N_CHUNKS = n_chunks.value;
-          constexpr bool HAS_RESIDUAL = has_residual.value;
-          constexpr bool ALIGNED = aligned_constant.value;
-          if constexpr (N_CHUNKS == 1) {
-            if (launch.block_dim == WARP_SIZE) {
+    dispatch_fused_form(
+        has_residual_, norm_branch_, norm_output_, [&](auto form) {
+          using Form = decltype(form);
+          if (launch.n_chunks == 0) {
+            add_node(cu::rms_norm_fused_looped<DataType, Form, N_READS>);
+            return;
+          }
+          dispatch_fused_chunks(launch.n_chunks, [&](auto n_chunks) {
+            dispatch_bool(aligned, [&](auto aligned_constant) {
+              constexpr int N_CHUNKS = n_chunks.value;
+              constexpr bool ALIGNED = aligned_constant.value;
+              if constexpr (N_CHUNKS == 1) {
+                if (launch.block_dim == WARP_SIZE) {
+                  add_node(
+                      cu::rms_norm_fused_small<
+                          DataType,
+                          Form,
+                          N_CHUNKS,
+                          ALIGNED,
+                          N_READS,
+                          WARP_SIZE>);
+                  return;
+                }
+              }
               add_node(
                   cu::rms_norm_fused_small<
                       DataType,
-                      HAS_RESIDUAL,
+                      Form,
                       N_CHUNKS,
                       ALIGNED,
-                      N_READS,
-                      WARP_SIZE>);
-              return;
-            }
-          }
-          add_node(
-              cu::rms_norm_fused_small<
-                  DataType,
-                  HAS_RESIDUAL,
-                  N_CHUNKS,
-                  ALIGNED,
-                  N_READS>);
+                      N_READS>);
+            });
+          });
         });
-      });
-    });
   });
 }
 
@@ -751,6 +902,7 @@ void RMSNormFusedVJP::eval_gpu(
           axis_size,
           n_rows,
           rows_per_block,
+          weight_offset_,
           extra...);
     };
     dispatch_bool(has_residual_, [&](auto has_gh) {
