@@ -266,7 +266,7 @@ void rms_norm_fused(
   bool x_buffered =
       (!r || norm_branch) && !(is_float && x_rows.axis_stride == 1);
   int n_buffers = !wb_row.in_place(has_offset) + !w_row.in_place(has_offset) +
-      x_buffered + norm_branch + (r != nullptr);
+      x_buffered + norm_branch + (r && y);
 
   encoder.dispatch([=]() {
     std::unique_ptr<float[]> scratch(
@@ -281,7 +281,7 @@ void rms_norm_fused(
     };
     float* x_buf = take(x_buffered);
     float* b_buf = take(norm_branch);
-    float* h_buf = take(r_ptr);
+    float* h_buf = take(r_ptr && y_ptr);
     for (int64_t row = 0; row < n_rows; row++) {
       const T* x_row = x_ptr + x_rows.offset(row);
       int64_t x_stride = x_rows.axis_stride;
@@ -294,15 +294,25 @@ void rms_norm_fused(
         const T* r_row = r_ptr + r_rows->offset(row);
         int64_t r_stride = r_rows->axis_stride;
         T* h_out = h_ptr + row * n;
+        // h is kept as floats only for the output norm.
         auto add = [&](auto b_at, int64_t r_step) {
-          for (int i = 0; i < n; i++) {
-            float sum = to_float(r_row[i * r_step]) + b_at(i);
-            if (clip_residual) {
-              sum = std::clamp(sum, -65504.0f, 65504.0f);
+          auto add_row = [&](auto keep_h) {
+            for (int i = 0; i < n; i++) {
+              float sum = to_float(r_row[i * r_step]) + b_at(i);
+              if (clip_residual) {
+                sum = std::clamp(sum, -65504.0f, 65504.0f);
+              }
+              T hi = from_float<T>(sum);
+              h_out[i] = hi;
+              if constexpr (keep_h.value) {
+                h_buf[i] = to_float(hi);
+              }
             }
-            T hi = from_float<T>(sum);
-            h_out[i] = hi;
-            h_buf[i] = to_float(hi);
+          };
+          if (y_ptr) {
+            add_row(std::true_type{});
+          } else {
+            add_row(std::false_type{});
           }
         };
         if (norm_branch) {
