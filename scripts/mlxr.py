@@ -16,14 +16,14 @@ from mlxrtools.layout import default_layout  # noqa: E402
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from mlxrtools.tree import apply
+    from mlxrtools.queue.tree import apply
 
     apply(default_layout(), force=args.force)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mlxrtools.tree import export
+    from mlxrtools.queue.tree import export
 
     changes = export(default_layout(), check_only=args.check)
     if changes and not args.check:
@@ -41,7 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mlxrtools.check import check
+    from mlxrtools.queue.checks import check
 
     if args.against:
         return cmd_check_against(args.against)
@@ -55,8 +55,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_check_against(ref: str) -> int:
-    from mlxrtools.onto import CONFLICT
-    from mlxrtools.upstream_branch import check_against, report
+    from mlxrtools.queue.onto import CONFLICT
+    from mlxrtools.queue.upstream import check_against, report
 
     outcomes = check_against(default_layout(), ref)
     print(f"mlxr check --against {ref}: the upstream-bound series")
@@ -65,13 +65,13 @@ def cmd_check_against(ref: str) -> int:
 
 
 def cmd_upstream_branch(args: argparse.Namespace) -> int:
-    from mlxrtools.upstream_branch import upstream_branch
+    from mlxrtools.queue.upstream import upstream_branch
 
     return upstream_branch(default_layout(), args.onto, build=not args.no_build, jobs=args.jobs)
 
 
 def cmd_bump(args: argparse.Namespace) -> int:
-    from mlxrtools.bump import bump, bump_continue
+    from mlxrtools.queue.carry import bump, bump_continue
 
     if args.resume:
         return bump_continue(default_layout())
@@ -81,7 +81,7 @@ def cmd_bump(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from mlxrtools.build import DepsOptions, build
+    from mlxrtools.environment.build import DepsOptions, build
 
     build(
         default_layout(),
@@ -98,7 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_deps(args: argparse.Namespace) -> int:
-    from mlxrtools.dependencies import list_pins, pack_pins
+    from mlxrtools.environment.dependencies import list_pins, pack_pins
 
     layout = default_layout()
     if args.pack is not None:
@@ -110,7 +110,7 @@ def cmd_deps(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from mlxrtools.testing import run_tests, run_tier
+    from mlxrtools.environment.testing import run_tests, run_tier
 
     if args.only:
         return run_tier(default_layout(), args.only, pytest_args=args.pytest_args, jobs=args.jobs)
@@ -118,8 +118,8 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mlxrtools.bench import run_bench
-    from mlxrtools.benchmark import case_argv
+    from mlxrtools.environment.bench_env import run_bench
+    from mlxrtools.payloads.benchmark import case_argv
 
     device = args.device or ("gpu" if args.backend in ("metal", "cuda") else "cpu")
     return run_bench(
@@ -338,7 +338,7 @@ def parser() -> argparse.ArgumentParser:
         help="the stream to time on (default: gpu for --backend metal or cuda, else cpu)",
     )
     n.add_argument("--wheel", type=Path, help="time this wheel instead of building one")
-    from mlxrtools.benchmark import add_case_options
+    from mlxrtools.payloads.benchmark import add_case_options
 
     add_case_options(n)
     n.set_defaults(func=cmd_bench)

@@ -81,7 +81,7 @@ FIELDS = "Origin: vendor\nForwarded: no\nUpstream-Plan: upstream\nLast-Update: 2
 @pytest.fixture
 def exported(layout: Layout) -> Layout:
     """A series of two patches, the first with an overlay file, exported."""
-    from mlxrtools.tree import apply, export
+    from mlxrtools.queue.tree import apply, export
 
     tree = apply(layout, quiet=True)
     core = tree / "src" / "core.txt"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from conftest import FIELDS, GIT_ENV, commit_in_tree, run_git, write
-from mlxrtools.applier import ApplyError
-from mlxrtools.check import check
 from mlxrtools.layout import Layout
-from mlxrtools.patchfile import PatchMail
-from mlxrtools.tree import apply, export
+from mlxrtools.queue.apply import ApplyError
+from mlxrtools.queue.checks import check
+from mlxrtools.queue.patchfile import PatchMail
+from mlxrtools.queue.tree import apply, export
 
 PATCH_1 = "core-add-the-fused-line.patch"
 PATCH_2 = "registry-register-fused.patch"

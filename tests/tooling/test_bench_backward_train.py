@@ -6,7 +6,7 @@ Pure functions only: nothing here needs MLX, NumPy or PyTorch.
 import argparse
 
 import pytest
-from mlxrtools.bench_report import (
+from mlxrtools.payloads.bench_report import (
     COPY,
     COPY_FORM,
     DEVICE_COPY,
@@ -28,7 +28,7 @@ from mlxrtools.bench_report import (
     speed_up,
     train_markdown,
 )
-from mlxrtools.benchmark import (
+from mlxrtools.payloads.benchmark import (
     add_case_options,
     case_argv,
     report,

@@ -1,6 +1,6 @@
 """The bench table: ratios and shares of copy come from cases of the same run."""
 
-from mlxrtools.bench_report import (
+from mlxrtools.payloads.bench_report import (
     DEVICE_COPY,
     FUSED,
     FUSED_RES,
@@ -9,7 +9,7 @@ from mlxrtools.bench_report import (
     Row,
     markdown,
 )
-from mlxrtools.benchmark import torch_records
+from mlxrtools.payloads.benchmark import torch_records
 
 
 def line_of(table: str, case: str) -> list[str]:

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlxrtools.upstream_suite import SuiteResult
+from mlxrtools.environment.upstream_suite import SuiteResult
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))

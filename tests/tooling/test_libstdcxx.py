@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from mlxrtools.build import check_shared_libstdcxx
+from mlxrtools.environment.build import check_shared_libstdcxx
 
 SOURCE = """#include <sstream>
 std::string f(double d) { std::ostringstream o; o << d; return o.str(); }

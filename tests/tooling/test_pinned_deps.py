@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from conftest import run_git, write
-from mlxrtools import pinned_deps
-from mlxrtools.build import bundled_versions, check_bundled_versions
-from mlxrtools.pinned_deps import Pin, PinError
+from mlxrtools.environment import pinned_deps
+from mlxrtools.environment.build import bundled_versions, check_bundled_versions
+from mlxrtools.environment.pinned_deps import Pin, PinError
 
 ROOT = Path(__file__).resolve().parents[2]
 

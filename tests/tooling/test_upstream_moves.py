@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 from conftest import run_git
-from mlxrtools.bump import bump, bump_continue
-from mlxrtools.check import check
-from mlxrtools.gitcmd import submodule_pin
 from mlxrtools.layout import Layout
-from mlxrtools.onto import CLEAN, CONFLICT, MERGED
-from mlxrtools.upstream_branch import check_against
+from mlxrtools.queue.carry import bump, bump_continue
+from mlxrtools.queue.checks import check
+from mlxrtools.queue.git import submodule_pin
+from mlxrtools.queue.onto import CLEAN, CONFLICT, MERGED
+from mlxrtools.queue.upstream import check_against
 
 
 def upstream_commit(upstream: Path, edit, tag: str | None = None) -> str:  # type: ignore[no-untyped-def]
@@ -105,8 +105,8 @@ def test_bump_stops_on_a_conflict_and_continues(exported: Layout, upstream: Path
 
 
 def test_upstream_bound_copies_keep_their_overlay_files(exported: Layout) -> None:
-    from mlxrtools.onto import upstream_bound, without_vendor_fields
-    from mlxrtools.series import load_patches
+    from mlxrtools.queue.onto import upstream_bound, without_vendor_fields
+    from mlxrtools.queue.series import load_patches
 
     patches = [without_vendor_fields(p) for p in upstream_bound(load_patches(exported.patches))]
     first = patches[0]

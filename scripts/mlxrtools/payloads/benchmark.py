@@ -230,7 +230,7 @@ def torch_records(argv: list[str]) -> list[dict[str, Any]]:
     timings. None where PyTorch or its CUDA is missing, or MLXR_BENCH_TORCH=0."""
     if os.environ.get("MLXR_BENCH_TORCH") == "0" or not argv:
         return []
-    cmd = [sys.executable, "-m", "mlxrtools.torch_baselines", "--json", *argv]
+    cmd = [sys.executable, "-m", "mlxrtools.payloads.torch_baselines", "--json", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]

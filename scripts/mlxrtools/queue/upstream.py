@@ -6,14 +6,14 @@ import os
 import subprocess
 from pathlib import Path
 
-from .applier import add_worktree, remove_worktree
-from .build import build_wheel
-from .formatting import check_formatting
-from .gitcmd import GitError, git
-from .layout import Layout
+from ..environment.build import build_wheel
+from ..environment.formatting import check_formatting
+from ..environment.testing import fresh_venv
+from ..layout import Layout
+from .apply import add_worktree, remove_worktree
+from .git import GitError, git
 from .onto import CONFLICT, Outcome, apply_onto, upstream_bound, without_vendor_fields
 from .series import load_patches
-from .testing import fresh_venv
 from .tree import prepare_upstream
 
 BRANCH = "mlxr/upstream-rmsnorm-fused"

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .gitcmd import GitError, git, rev_parse
-from .layout import cache_home
+from ..errors import UserError
+from ..layout import cache_home
+from ..queue.git import GitError, git, rev_parse
 
 
 class PinError(UserError):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .gitcmd import git
-from .layout import APPLIED_BRANCH, Layout
+from ..layout import APPLIED_BRANCH, Layout
+from .git import git
 from .onto import CONFLICT, add_overlay_files, apply_patch
 from .series import load_patches
 from .tree import apply, export, prepare_upstream, unexported_work, write_stamp
-from .upstream_branch import resolve_ref
+from .upstream import resolve_ref
 
 
 def _state_path(layout: Layout) -> Path:

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gitcmd import git
+from .git import git
 from .patchfile import PatchMail, slug
 from .series import read_series, render_series
 

@@ -10,10 +10,9 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from ..layout import Layout, cache_home
 from .adoption_wheel import install_adoption_wheel
 from .build import build, build_wheel, cmake_args, make_venv, venv_python
-from .install import install_wheel
-from .layout import Layout, cache_home
 from .upstream_suite import (
     RESULT_FORMAT,
     SUITE_REQUIREMENTS,
@@ -22,6 +21,7 @@ from .upstream_suite import (
     compare,
     run_suite,
 )
+from .venv import install_wheel
 
 # mlx-lm's own needs come with it; on Linux it needs no mlx, so ours stays.
 TEST_REQUIREMENTS = (

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .layout import Layout
+from ..layout import Layout
 
 
 def toolkit_nvtx(layout: Layout) -> Path:

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..layout import Layout
 from .build import build, make_venv, venv_python
-from .install import install_wheel, installed
-from .layout import Layout
 from .testing import fresh_venv
+from .venv import install_wheel, installed
 
 
 def inherit_packages(python: Path) -> None:
@@ -65,7 +65,7 @@ def run_bench(
         subprocess.run([str(python), "-m", "pip", "install", "-q", "matplotlib"], check=True)
     env = {**os.environ, "PYTHONPATH": str(layout.root / "scripts")}
     cmd = [
-        str(python), "-m", "mlxrtools.benchmark", "--device", device,
+        str(python), "-m", "mlxrtools.payloads.benchmark", "--device", device,
         "--out-dir", str(layout.results), *(case_args or []),
     ]  # fmt: skip
     code = subprocess.run(cmd, env=env).returncode

@@ -17,13 +17,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layout import Layout
+from ..queue.git import git
+from ..queue.tree import apply, unexported_work
 from . import pinned_deps
 from .adoption_wheel import build_adoption_wheel
 from .cuda_deps import cuda_cmake_args, toolkit_nvtx
-from .deps import ensure_requirements
-from .gitcmd import git
-from .layout import Layout
-from .tree import apply, unexported_work
+from .prerequisites import ensure_requirements
 
 BUILD_REQUIREMENTS = ("setuptools>=80", "wheel", "typing_extensions")
 _PROGRESS = re.compile(r"^\s*\[\d+/\d+\]")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .applier import ApplyError, add_worktree, commit_series, fingerprint, remove_worktree
-from .exporter import current_state, differences, export_commits, write_state
-from .gitcmd import ensure_submodule, git, submodule_pin
-from .layout import APPLIED_BRANCH, BASE_REF, Layout
+from ..layout import APPLIED_BRANCH, BASE_REF, Layout
+from .apply import ApplyError, add_worktree, commit_series, fingerprint, remove_worktree
+from .export import current_state, differences, export_commits, write_state
+from .git import ensure_submodule, git, submodule_pin
 from .series import load_patches
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..layout import Layout, cache_home
+from ..queue.tree import apply
 from . import pinned_deps
-from .layout import Layout, cache_home
-from .tree import apply
 
 
 def _tree(layout: Layout) -> Path:

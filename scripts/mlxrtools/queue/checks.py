@@ -5,10 +5,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .applier import ApplyError, add_worktree, commit_series, remove_worktree
-from .exporter import ExportError, current_state, differences, export_commits
-from .gitcmd import git
-from .layout import Layout
+from ..layout import Layout
+from .apply import ApplyError, add_worktree, commit_series, remove_worktree
+from .export import ExportError, current_state, differences, export_commits
+from .git import git
 from .patchfile import PatchMail, lint_fields, overlay_paths, slug
 from .registration import SITES, Site, missing_sites
 from .series import load_patches, overlay_files, read_series

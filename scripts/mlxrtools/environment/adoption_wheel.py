@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .layout import Layout
+from ..layout import Layout
 
 STAMP = ".mlxr-adoption.json"
 

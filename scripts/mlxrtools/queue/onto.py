@@ -6,7 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gitcmd import GitError, git
+from .git import GitError, git
 from .patchfile import PatchMail, strip_fields
 from .series import Patch
 
