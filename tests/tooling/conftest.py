@@ -83,7 +83,7 @@ def exported(layout: Layout) -> Layout:
     """A series of two patches, the first with an overlay file, exported."""
     from mlxrtools.queue.tree import apply, export
 
-    tree = apply(layout, quiet=True)
+    tree = apply(layout).tree
     core = tree / "src" / "core.txt"
     core.write_text(core.read_text().replace("line 10\n", "line 10\nline 10.5\n"))
     write(tree / "src" / "fused.txt", "a new file\n")

@@ -9,7 +9,7 @@ import pytest
 from conftest import FIELDS, GIT_ENV, commit_in_tree, run_git, write
 from mlxrtools.layout import Layout
 from mlxrtools.queue.apply import ApplyError
-from mlxrtools.queue.checks import check
+from mlxrtools.queue.checks import check_series
 from mlxrtools.queue.patchfile import PatchMail
 from mlxrtools.queue.tree import apply, export
 
@@ -18,7 +18,7 @@ PATCH_2 = "registry-register-fused.patch"
 
 
 def checked(layout: Layout) -> list[str]:
-    return check(layout, sites=())
+    return check_series(layout, sites=())
 
 
 def test_export_writes_series_patches_and_overlay(exported: Layout) -> None:
@@ -40,7 +40,7 @@ def test_check_passes_and_export_check_is_clean(exported: Layout) -> None:
 
 def test_apply_then_export_is_byte_identical(exported: Layout) -> None:
     before = {p.name: p.read_bytes() for p in exported.patches.iterdir()}
-    apply(exported, force=True, quiet=True)
+    apply(exported, force=True)
     assert export(exported) == []
     assert {p.name: p.read_bytes() for p in exported.patches.iterdir()} == before
 
@@ -50,25 +50,24 @@ def test_apply_creates_one_commit_per_patch_on_the_pin(exported: Layout) -> None
 
     shutil.rmtree(exported.applied_tree)
     run_git("worktree", "prune", cwd=exported.upstream)
-    (exported.build / "mlx-src.stamp").unlink()
-    tree = apply(exported, quiet=True)
+    exported.applied_stamp.unlink()
+    tree = apply(exported).tree
     log = run_git("log", "--format=%s", "refs/mlxr/base..HEAD", cwd=tree).splitlines()
     assert log == ["registry: register fused", "core: add the fused line"]
     files = run_git("show", "--name-only", "--format=", "HEAD~1", cwd=tree).split()
     assert sorted(files) == ["src/core.txt", "src/fused.txt"]
 
 
-def test_apply_is_a_no_op_and_keeps_file_times(exported: Layout, capsys) -> None:
-    tree = apply(exported, force=True, quiet=True)
+def test_apply_is_a_no_op_and_keeps_file_times(exported: Layout) -> None:
+    tree = apply(exported, force=True).tree
     core, fused = tree / "src" / "core.txt", tree / "src" / "fused.txt"
     old = time.time() - 3600
     for f in (core, fused):
         os.utime(f, (old, old))
-    apply(exported)
-    assert "up to date" in capsys.readouterr().out
+    assert apply(exported).up_to_date
     # Change one overlay file: only it is rewritten.
     (exported.overlay / "src" / "fused.txt").write_text("a changed file\n")
-    apply(exported, quiet=True)
+    assert not apply(exported).up_to_date
     assert fused.read_text() == "a changed file\n"
     assert fused.stat().st_mtime > old + 1
     assert core.stat().st_mtime == pytest.approx(old)
@@ -80,8 +79,8 @@ def test_apply_refuses_to_discard_unexported_commits(exported: Layout) -> None:
     commit_in_tree(tree, f"registry: change\n\n{FIELDS}")
     (exported.overlay / "src" / "fused.txt").write_text("incoming change\n")
     with pytest.raises(ApplyError, match="not exported"):
-        apply(exported, quiet=True)
-    apply(exported, force=True, quiet=True)
+        apply(exported)
+    apply(exported, force=True)
     assert (tree / "src" / "registry.txt").read_text() == "alpha\nbeta\ngamma\nfused\n"
 
 
@@ -92,7 +91,7 @@ def test_export_check_reports_drift(exported: Layout) -> None:
 
 
 def test_export_refuses_while_a_rebase_is_stopped(exported: Layout) -> None:
-    tree = apply(exported, force=True, quiet=True)
+    tree = apply(exported, force=True).tree
     editor = {"GIT_SEQUENCE_EDITOR": "sed -i '1s/^pick/edit/'"}
     subprocess.run(
         ["git", "rebase", "-q", "-i", "refs/mlxr/base"],
@@ -113,7 +112,7 @@ def test_last_update_is_kept_unless_the_patch_changes(exported: Layout) -> None:
     def date(name: str) -> str:
         return PatchMail.parse((exported.patches / name).read_text()).fields["Last-Update"]
 
-    tree = apply(exported, force=True, quiet=True)
+    tree = apply(exported, force=True).tree
     assert export(exported) == [] and date(PATCH_2) == "2026-01-02"
     registry = tree / "src" / "registry.txt"
     registry.write_text(registry.read_text() + "more\n")

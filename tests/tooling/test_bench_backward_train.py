@@ -6,6 +6,7 @@ Pure functions only: nothing here needs MLX, NumPy or PyTorch.
 import argparse
 
 import pytest
+from mlxrtools.payloads.bench_options import BenchOptions, add_arguments, from_args
 from mlxrtools.payloads.bench_report import (
     COPY,
     COPY_FORM,
@@ -28,14 +29,7 @@ from mlxrtools.payloads.bench_report import (
     speed_up,
     train_markdown,
 )
-from mlxrtools.payloads.benchmark import (
-    add_case_options,
-    case_argv,
-    report,
-    resolve_device_defaults,
-    torch_argv,
-    torch_rows,
-)
+from mlxrtools.payloads.benchmark import report, torch_rows
 
 MiB = 1 << 20
 N = 1_000_000  # bytes of one tensor
@@ -170,18 +164,23 @@ def test_a_gpu_batch_stays_within_its_memory_budget() -> None:
     assert calls_per_batch(64 << 30, budget=16 << 30) == 1
 
 
-def parse(*argv: str) -> argparse.Namespace:
+def parse(*argv: str, device: str = "cpu") -> BenchOptions:
     p = argparse.ArgumentParser()
-    add_case_options(p)
-    return p.parse_args(argv)
+    add_arguments(p)
+    return from_args(p.parse_args(argv), device)
 
 
 def test_case_options_are_typed() -> None:
-    args = parse("--cases", "backward,train", "--backward-shapes", "8x16,32x64")
-    assert args.cases == ["backward", "train"]
-    assert args.backward_shapes == [(8, 16), (32, 64)]
-    assert args.shapes == [(4096, 4096), (8, 4096), (1, 4096)]
-    assert args.dtypes == ["float32", "bfloat16"]
+    options = parse("--cases", "backward,train", "--backward-shapes", "8x16,32x64")
+    assert options.cases == ("backward", "train")
+    assert options.backward_shapes == ((8, 16), (32, 64))
+    assert options.shapes == ((4096, 4096), (8, 4096), (1, 4096))
+    assert options.dtypes == ("float32", "bfloat16")
+
+
+def test_the_defaults_are_the_options_defaults() -> None:
+    assert parse() == BenchOptions()
+    assert parse(device="gpu") == BenchOptions(device="gpu")
 
 
 @pytest.mark.parametrize(
@@ -199,33 +198,30 @@ def test_bad_case_options_are_refused(argv: tuple[str, ...]) -> None:
         parse(*argv)
 
 
-def test_case_options_round_trip_to_the_payload() -> None:
-    args = parse("--cases", "train", "--train-tokens", "64", "--sweep", "--repeats", "3")
-    again = parse(*case_argv(args))
-    assert vars(again) == vars(args)
+def test_options_reach_the_payload_unchanged_through_json() -> None:
+    options = parse("--cases", "train", "--train-tokens", "64", "--sweep", "--repeats", "3")
+    assert BenchOptions.from_json(options.to_json()) == options
+    filled = parse("--backward-shapes", "8x16").for_device()
+    assert BenchOptions.from_json(filled.to_json()) == filled
 
 
 def test_device_defaults_fill_only_what_was_not_given() -> None:
-    cpu = parse()
-    resolve_device_defaults(cpu, "cpu")
+    cpu = parse().for_device()
     assert (cpu.backward_shapes, cpu.train_tokens, cpu.train_dtype) == (
-        [(4096, 4096)],
+        ((4096, 4096),),
         32,
         "float32",
     )
-    gpu = parse("--train-tokens", "128")
-    resolve_device_defaults(gpu, "gpu")
-    assert gpu.backward_shapes == [(16384, 8192), (32768, 4096), (4096, 4096)]
+    gpu = parse("--train-tokens", "128", device="gpu").for_device()
+    assert gpu.backward_shapes == ((16384, 8192), (32768, 4096), (4096, 4096))
     assert (gpu.train_tokens, gpu.train_dtype) == (128, "bfloat16")
 
 
 def test_pytorch_runs_only_for_forward_and_backward() -> None:
-    args = parse("--cases", "train")
-    resolve_device_defaults(args, "gpu")
-    assert torch_argv(args) == []
-    args = parse("--cases", "backward,train")
-    resolve_device_defaults(args, "gpu")
-    assert torch_argv(args)[:2] == ["--cases", "backward"]
+    assert parse("--cases", "train", device="gpu").torch_cases() is None
+    torch = parse("--cases", "backward,train", device="gpu").torch_cases()
+    assert torch is not None and torch.cases == ("backward",)
+    assert torch.backward_shapes == ((16384, 8192), (32768, 4096), (4096, 4096))
 
 
 def test_pytorch_records_split_into_forward_and_backward_rows() -> None:

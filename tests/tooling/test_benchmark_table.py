@@ -1,5 +1,6 @@
 """The bench table: ratios and shares of copy come from cases of the same run."""
 
+from mlxrtools.payloads.bench_options import BenchOptions
 from mlxrtools.payloads.bench_report import (
     DEVICE_COPY,
     FUSED,
@@ -51,4 +52,5 @@ def test_the_forward_table_keeps_its_format() -> None:
 
 def test_pytorch_baselines_can_be_switched_off(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("MLXR_BENCH_TORCH", "0")
-    assert torch_records(["--cases", "forward", "--shapes", "1x4096"]) == []
+    options = BenchOptions(device="gpu", cases=("forward",), shapes=((1, 4096),))
+    assert torch_records(options) == []

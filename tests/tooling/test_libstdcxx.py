@@ -6,7 +6,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from mlxrtools.environment.build import check_shared_libstdcxx
+from mlxrtools.environment.wheel_checks import check_shared_libstdcxx
+from mlxrtools.errors import UserError
 
 SOURCE = """#include <sstream>
 std::string f(double d) { std::ostringstream o; o << d; return o.str(); }
@@ -28,5 +29,5 @@ def wheel_with_libmlx(tmp_path: Path, *flags: str) -> Path:
 @pytest.mark.skipif(not (shutil.which("g++") and shutil.which("readelf")), reason="needs g++")
 def test_a_static_libstdcxx_in_libmlx_fails_the_build(tmp_path: Path) -> None:
     check_shared_libstdcxx(wheel_with_libmlx(tmp_path / "shared"))
-    with pytest.raises(RuntimeError, match="links libstdc\\+\\+ statically"):
+    with pytest.raises(UserError, match="links libstdc\\+\\+ statically"):
         check_shared_libstdcxx(wheel_with_libmlx(tmp_path / "static", "-static-libstdc++"))

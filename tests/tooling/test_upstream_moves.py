@@ -4,12 +4,14 @@ from pathlib import Path
 
 import pytest
 from conftest import run_git
+from mlxrtools.errors import UserError
 from mlxrtools.layout import Layout
-from mlxrtools.queue.carry import bump, bump_continue
-from mlxrtools.queue.checks import check
+from mlxrtools.queue.apply import CLEAN, CONFLICT, MERGED
+from mlxrtools.queue.checks import check_series
 from mlxrtools.queue.git import submodule_pin
-from mlxrtools.queue.onto import CLEAN, CONFLICT, MERGED
+from mlxrtools.queue.series import load_patches, upstream_bound, without_vendor_fields
 from mlxrtools.queue.upstream import check_against
+from mlxrtools.verbs import bump
 
 
 def upstream_commit(upstream: Path, edit, tag: str | None = None) -> str:  # type: ignore[no-untyped-def]
@@ -75,9 +77,9 @@ def test_bump_moves_the_pin_and_reexports(exported: Layout, upstream: Path) -> N
     run_git("add", "-A", cwd=exported.root)
     run_git("commit", "-q", "-m", "series", cwd=exported.root)
     target = upstream_commit(upstream, prepend_header, tag="v2")
-    assert bump(exported, "v2") == 0
+    assert bump.run(exported, "v2", resume=False).code == 0
     assert submodule_pin(exported.root) == target
-    assert check(exported, sites=()) == []
+    assert check_series(exported, sites=()) == []
     patch = (exported.patches / "core-add-the-fused-line.patch").read_text()
     assert "@@ -9,6 +9,7 @@" in patch  # the hunk moved down by the new header line
 
@@ -86,10 +88,10 @@ def test_bump_stops_on_a_conflict_and_continues(exported: Layout, upstream: Path
     run_git("add", "-A", cwd=exported.root)
     run_git("commit", "-q", "-m", "series", cwd=exported.root)
     target = upstream_commit(upstream, rewrite_context, tag="v2")
-    assert bump(exported, "v2") == 1
+    assert bump.run(exported, "v2", resume=False).code == 1
     tree = exported.applied_tree
-    with pytest.raises(RuntimeError, match="still in progress"):
-        bump_continue(exported)
+    with pytest.raises(UserError, match="still in progress"):
+        bump.run(exported, None, resume=True)
     core = tree / "src" / "core.txt"
     lines = [f"line {i}" for i in range(1, 21)]
     lines[10] = "line eleven"
@@ -97,17 +99,14 @@ def test_bump_stops_on_a_conflict_and_continues(exported: Layout, upstream: Path
     core.write_text("\n".join(lines) + "\n")
     run_git("add", "src/core.txt", cwd=tree)
     run_git("am", "--continue", cwd=tree)
-    assert bump_continue(exported) == 0
+    assert bump.run(exported, None, resume=True).code == 0
     assert submodule_pin(exported.root) == target
     assert (tree / "src" / "fused.txt").exists()
-    assert check(exported, sites=()) == []
+    assert check_series(exported, sites=()) == []
     assert "+line 10.5" in (exported.patches / "core-add-the-fused-line.patch").read_text()
 
 
 def test_upstream_bound_copies_keep_their_overlay_files(exported: Layout) -> None:
-    from mlxrtools.queue.onto import upstream_bound, without_vendor_fields
-    from mlxrtools.queue.series import load_patches
-
     patches = [without_vendor_fields(p) for p in upstream_bound(load_patches(exported.patches))]
     first = patches[0]
     assert "Upstream-Plan" not in first.text and "Overlay:" not in first.text

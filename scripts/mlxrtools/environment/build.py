@@ -1,4 +1,10 @@
-"""The `build` verb: a full mlx wheel from the applied tree, offline and cached."""
+"""Full mlx wheels from an MLX tree (the applied one by default), offline and cached.
+
+MLX's own setup.py drives the build, through pip, in the build venv. Every
+dependency upstream's CMake would download is supplied at its pin
+(dependencies.py), every compile goes through ccache, and a wheel is rebuilt
+only when its inputs change.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +16,57 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..errors import UserError
 from ..layout import Layout
-from ..queue.git import git
+from ..progress import detail, say
+from ..queue.git import git, head
 from ..queue.tree import apply, unexported_work
 from . import pinned_deps
 from .adoption_wheel import build_adoption_wheel
-from .cuda_deps import cuda_cmake_args, toolkit_nvtx
+from .cuda_deps import cuda_cmake_args
+from .dependencies import DepsOptions, pinned_sources
 from .prerequisites import ensure_requirements
+from .venv import kept_venv, pip_command
+from .wheel_checks import check_bundled_versions, check_shared_libstdcxx
+from .wheels import WheelSlot
 
 BUILD_REQUIREMENTS = ("setuptools>=80", "wheel", "typing_extensions")
 _PROGRESS = re.compile(r"^\s*\[\d+/\d+\]")
 _ERROR = re.compile(r"error:|FAILED:|CMake Error")
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: the options of `mlxr.py build`."""
+
+    backend: str = "auto"  # auto, cpu, metal or cuda
+    jobs: int | None = None
+    force: bool = False  # rebuild even if the wheel is current
+    source: Path | None = None  # a prepared tree to build as it is, instead of the series
+    cuda_archs: str = "native"
+    deps: DepsOptions = field(default_factory=DepsOptions)
+    wheel_dir: Path | None = None  # instead of wheels/
+    label: bool = True  # with `source`: the +mlxr version label, or none (a baseline)
+
+
+@dataclass(frozen=True)
+class Built:
+    wheel: Path
+    adoption_wheel: Path | None  # None where a prepared `source` tree was built
+
+
 def mlxr_version(layout: Layout) -> str:
-    with open(layout.root / "pyproject.toml", "rb") as f:
+    with open(layout.pyproject, "rb") as f:
         return tomllib.load(f)["project"]["version"]
 
 
 def local_label(layout: Layout) -> str:
     return "mlxr" + mlxr_version(layout)
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def build_tools() -> list[str]:
@@ -60,127 +86,9 @@ def _cmake_version(cmake: str) -> tuple[int, ...]:
     return tuple(int(v) for v in match.groups()) if match else (0,)
 
 
-def ensure_build_venv(layout: Layout) -> Path:
-    wanted = [*BUILD_REQUIREMENTS, *build_tools()]
-    venv = layout.build_venv
-    stamp = venv / "mlxr-requirements.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
-        return venv_python(venv)
-    print(f"mlxr build: preparing the build venv ({', '.join(wanted)})", flush=True)
-    if not venv_python(venv).exists():
-        make_venv(venv)
-    pip = [str(venv_python(venv)), "-m", "pip", "install", "-q", "--upgrade"]
-    subprocess.run([*pip, *wanted], check=True)
-    stamp.write_text(json.dumps(wanted))
-    return venv_python(venv)
-
-
-def make_venv(venv: Path, system_site_packages: bool = False) -> None:
-    """A venv with pip, also where the interpreter lacks ensurepip (Debian's
-    python3 without python3-venv, uv's venvs): then pip comes from a pip wheel
-    in PIP_FIND_LINKS, as on a machine that reaches no index."""
-    options = ["--system-site-packages"] if system_site_packages else []
-    if subprocess.run([sys.executable, "-m", "venv", *options, str(venv)]).returncode == 0:
-        return
-    shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", *options, str(venv)], check=True)
-    links = os.environ.get("PIP_FIND_LINKS", "")
-    wheels = sorted(Path(links).glob("pip-*.whl")) if links else []
-    if not wheels:
-        raise RuntimeError(
-            f"{sys.executable} cannot make a venv with pip: install python3-venv, or put a "
-            "pip wheel in the folder PIP_FIND_LINKS names"
-        )
-    subprocess.run(
-        [str(venv_python(venv)), f"{wheels[-1]}/pip", "install", "-q", str(wheels[-1])], check=True
-    )
-
-
-def check_shared_libstdcxx(wheel: Path) -> None:
-    """Fail where libmlx carries its own libstdc++. Its exported copy mixes with
-    the shared one that Python's other modules load, and locale facets then
-    resolve across the two copies: formatting a number in an error message
-    crashed so on the lent CUDA machines."""
-    readelf = shutil.which("readelf")
-    if readelf is None or sys.platform != "linux":
-        return
-    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as whl:
-        lib = Path(whl.extract("mlx/lib/libmlx.so", tmp))
-        dynamic = subprocess.run(
-            [readelf, "-d", str(lib)], capture_output=True, text=True, check=True
-        ).stdout
-    if "libstdc++.so" not in dynamic:
-        raise RuntimeError(
-            f"{wheel.name}: libmlx.so links libstdc++ statically, which crashes once a "
-            "process loads the shared libstdc++ too. Look for -static-libstdc++ in the "
-            "compiler flags, and for a compiler whose library folders hold only "
-            "libstdc++.a (CMake links -lstdc++ from the first folder that has one)."
-        )
-
-
-@dataclass(frozen=True)
-class DepsOptions:
-    """Where upstream's pinned dependencies come from."""
-
-    archives: Path | None = None  # a folder written by `mlxr.py deps --pack`
-    nvtx_from_toolkit: bool = False
-
-
-def pinned_sources(layout: Layout, tree: Path, backend: str, deps: DepsOptions) -> dict[str, Path]:
-    """Each FetchContent dependency of the tree at upstream's pin, by name."""
-    sources = {}
-    for pin in pinned_deps.pins_for(tree, backend):
-        if pin.name == "nvtx3" and deps.nvtx_from_toolkit:
-            print(
-                f"mlxr build: NVTX from the CUDA toolkit, not upstream's pin {pin.ref} "
-                "(--nvtx-from-toolkit)",
-                flush=True,
-            )
-            sources[pin.name] = toolkit_nvtx(layout)
-        elif deps.archives is not None:
-            sources[pin.name] = pinned_deps.unpack(pin, deps.archives, layout.build / "deps")
-        else:
-            sources[pin.name] = pinned_deps.prepare(pin, log=lambda m: print(f"mlxr build: {m}"))
-    return sources
-
-
-# The dependency headers a CUDA wheel ships for MLX's run-time compiler.
-_BUNDLED_HEADERS = {
-    "cccl": "mlx/include/cccl/cuda/std/__cccl/version.h",
-    "cutlass": "mlx/include/cutlass/version.h",
-}
-
-
-def bundled_versions(wheel: Path) -> dict[str, str]:
-    """The versions of the headers the wheel bundles, read from the headers."""
-    found = {}
-    with zipfile.ZipFile(wheel) as whl:
-        names = set(whl.namelist())
-        for name, rel in _BUNDLED_HEADERS.items():
-            if rel in names:
-                version = pinned_deps.parse_version(name, whl.read(rel).decode(errors="replace"))
-                if version:
-                    found[name] = version
-    return found
-
-
-def check_bundled_versions(wheel: Path, tree: Path) -> None:
-    """Fail where the wheel bundles other versions of its JIT headers than the pins."""
-    pins = {p.name: p for p in pinned_deps.pins_for(tree, "cuda")}
-    bundled = bundled_versions(wheel)
-    for name in _BUNDLED_HEADERS:
-        wanted = pinned_deps.pinned_version(pins[name])
-        if bundled.get(name) != wanted:
-            raise RuntimeError(
-                f"{wheel.name} bundles {name} {bundled.get(name, '(none)')} for MLX's run-time "
-                f"compiler, but upstream pins {pins[name].ref}"
-            )
-    print(
-        "mlxr build: bundled "
-        + ", ".join(f"{n} {v}" for n, v in sorted(bundled.items()))
-        + " (upstream's pins)",
-        flush=True,
-    )
+def build_venv(layout: Layout) -> Path:
+    """The build venv's python, with setuptools and, where needed, CMake and Ninja."""
+    return kept_venv(layout.build_venv, [*BUILD_REQUIREMENTS, *build_tools()], upgrade=True)
 
 
 def cmake_args(
@@ -211,13 +119,18 @@ def cmake_args(
     return args
 
 
+def portable(args: list[str], layout: Layout) -> list[str]:
+    """Build arguments without this clone's path, so that clones share cache keys."""
+    return [a.replace(str(layout.root), "<root>") for a in args]
+
+
 def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "metal" if platform.system() == "Darwin" else "cpu"
     if backend == "metal" and platform.system() != "Darwin":
-        raise RuntimeError("the Metal backend builds on macOS only")
+        raise UserError("the Metal backend builds on macOS only")
     if backend == "cuda" and platform.system() != "Linux":
-        raise RuntimeError("the CUDA backend builds on Linux only")
+        raise UserError("the CUDA backend builds on Linux only")
     return backend
 
 
@@ -225,9 +138,8 @@ def tree_state(tree: Path) -> str | None:
     """HEAD plus uncommitted edits; None for a tree that is not a git work tree."""
     if not (tree / ".git").exists():
         return None
-    head = git("rev-parse", "HEAD", cwd=tree).strip()
     dirty = git("diff", "HEAD", cwd=tree)
-    return head + hashlib.sha256(dirty.encode()).hexdigest()
+    return head(tree) + hashlib.sha256(dirty.encode()).hexdigest()
 
 
 def run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
@@ -242,54 +154,22 @@ def run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> Non
         for line in proc.stdout:
             out.write(line)
             if _PROGRESS.match(line) or _ERROR.search(line):
-                print(f"  {line.strip()[:150]}", flush=True)
+                detail(line.strip()[:150])
         code = proc.wait()
     minutes = (time.monotonic() - start) / 60
     if code != 0:
         tail = log.read_text().splitlines()[-60:]
-        raise RuntimeError(
+        raise UserError(
             f"build failed after {minutes:.1f} min (exit {code}); full log: {log}\n"
             + "\n".join(tail)
         )
-    print(f"mlxr build: done in {minutes:.1f} min (log: {log})", flush=True)
+    say(f"done in {minutes:.1f} min (log: {log})")
 
 
-def build_wheel(
-    layout: Layout,
-    tree: Path,
-    out_dir: Path,
-    label: str | None,
-    backend: str = "auto",
-    jobs: int | None = None,
-    force: bool = False,
-    cuda_archs: str = "native",
-    deps: DepsOptions | None = None,
-) -> Path:
-    """Build the tree's wheel into out_dir unless a wheel of the same inputs is there."""
-    backend = resolve_backend(backend)
-    ensure_requirements()
-    python = ensure_build_venv(layout)
-    args = cmake_args(layout, tree, backend, cuda_archs, deps)
-    state = tree_state(tree)
-    force = force or state is None
-    key_src = json.dumps(
-        {
-            "tree": state,
-            "cmake": [a.replace(str(layout.root), "<root>") for a in args],
-            "label": label,
-            "python": sys.version_info[:2],
-            "backend": backend,
-        }
-    )
-    key = hashlib.sha256(key_src.encode()).hexdigest()
-    stamp = out_dir / ".mlxr-build.json"
-    wheels = sorted(out_dir.glob("mlx-*.whl"))
-    current = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
-    if not force and len(wheels) == 1 and current:
-        print(f"mlxr build: {wheels[0].name} is up to date")
-        return wheels[0]
-
-    print(f"mlxr build: {backend} wheel from {tree}", flush=True)
+def _build_env(
+    args: list[str], backend: str, jobs: int | None, python: Path, label: str | None
+) -> dict[str, str]:
+    """setup.py's environment: our CMake arguments, Ninja, and the version label."""
     env = {
         **os.environ,
         "PYPI_RELEASE": "1",
@@ -308,73 +188,73 @@ def build_wheel(
     env.pop("MLX_LOCAL_VERSION_LABEL", None)
     if label:
         env["MLX_LOCAL_VERSION_LABEL"] = label
-    dist = layout.build / "dist" / tree.name
+    return env
+
+
+def build_wheel(
+    layout: Layout,
+    tree: Path,
+    out_dir: Path,
+    label: str | None,
+    options: BuildOptions | None = None,
+) -> Path:
+    """Build the tree's wheel into out_dir unless a wheel of the same inputs is there.
+    Of `options`, the backend, jobs, force, CUDA architectures and deps count here."""
+    options = options or BuildOptions()
+    backend = resolve_backend(options.backend)
+    ensure_requirements()
+    python = build_venv(layout)
+    args = cmake_args(layout, tree, backend, options.cuda_archs, options.deps)
+    state = tree_state(tree)
+    inputs = {
+        "tree": state,
+        "cmake": portable(args, layout),
+        "label": label,
+        "python": sys.version_info[:2],
+        "backend": backend,
+    }
+    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+    slot = WheelSlot(out_dir, "mlx-*.whl", ".mlxr-build.json")
+    kept = None if options.force or state is None else slot.current(key)
+    if kept:
+        say(f"{kept.name} is up to date")
+        return kept
+
+    say(f"{backend} wheel from {tree}")
+    dist = layout.dist(tree.name)
     shutil.rmtree(dist, ignore_errors=True)
-    run_logged(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "wheel",
-            "--no-build-isolation",
-            "--no-deps",
-            "-v",
-            "-w",
-            str(dist),
-            ".",
-        ],
-        cwd=tree,
-        env=env,
-        log=layout.build / "logs" / f"build-{tree.name}.log",
+    pip_wheel = pip_command(
+        python, "wheel", "--no-build-isolation", "--no-deps", "-v", "-w", str(dist), "."
     )
-    built = sorted(dist.glob("mlx-*.whl"))
-    if len(built) != 1:
-        raise RuntimeError(f"expected one wheel in {dist}, found {len(built)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("mlx-*.whl"):
-        old.unlink()
-    target = out_dir / built[0].name
-    shutil.move(built[0], target)
+    env = _build_env(args, backend, options.jobs, python, label)
+    run_logged(pip_wheel, cwd=tree, env=env, log=layout.build_log(tree.name))
+    target = slot.keep(dist, key)
     check_shared_libstdcxx(target)
     if backend == "cuda":
         check_bundled_versions(target, tree)
-    stamp.write_text(json.dumps({"key": key, "wheel": target.name}) + "\n")
-    print(f"mlxr build: {target}")
     return target
 
 
-def build(
-    layout: Layout,
-    backend: str = "auto",
-    jobs: int | None = None,
-    force: bool = False,
-    source: Path | None = None,
-    cuda_archs: str = "native",
-    deps: DepsOptions | None = None,
-    wheel_dir: Path | None = None,
-    label: bool = True,
-) -> Path:
-    out_dir = wheel_dir or layout.wheels
-    if source is not None:
+def build(layout: Layout, options: BuildOptions | None = None) -> Built:
+    """The mlx wheel of the applied series (or of options.source) and the mlxr wheel."""
+    options = options or BuildOptions()
+    out_dir = options.wheel_dir or layout.wheels
+    if options.source is not None:
+        if not options.source.is_dir():
+            raise UserError(f"--source {options.source} is not a folder")
         # A prepared tree, e.g. `git archive` of build/mlx-src carried to a
         # machine without the submodule: built as it is, every time.
-        return build_wheel(
-            layout, source.resolve(), out_dir, local_label(layout) if label else None, backend,
-            jobs, force=True, cuda_archs=cuda_archs, deps=deps,
-        )  # fmt: skip
+        label = local_label(layout) if options.label else None
+        forced = replace(options, force=True)
+        return Built(build_wheel(layout, options.source.resolve(), out_dir, label, forced), None)
     pending = unexported_work(layout)
     if pending:
         # The contributor loop: build and test edits before exporting them.
         tree = layout.applied_tree
-        print(
-            f"mlxr build: building {tree.relative_to(layout.root)} as it is, with work "
-            f"that is not exported yet ({pending.splitlines()[0]})",
-            flush=True,
-        )
+        where = tree.relative_to(layout.root)
+        first = pending.splitlines()[0]
+        say(f"building {where} as it is, with work that is not exported yet ({first})")
     else:
-        tree = apply(layout, quiet=True)
-    wheel = build_wheel(
-        layout, tree, out_dir, local_label(layout), backend, jobs, force, cuda_archs, deps
-    )
-    build_adoption_wheel(layout, out_dir)
-    return wheel
+        tree = apply(layout).tree
+    wheel = build_wheel(layout, tree, out_dir, local_label(layout), options)
+    return Built(wheel, build_adoption_wheel(layout, build_venv(layout), out_dir))

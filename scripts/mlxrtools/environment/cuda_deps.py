@@ -7,15 +7,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..layout import Layout
+from ..errors import UserError
 
 
-def toolkit_nvtx(layout: Layout) -> Path:
+def toolkit_nvtx(nvtx: Path) -> Path:
     """A stand-in for NVTX's project that uses the CUDA toolkit's NVTX headers.
 
     Only on request (`--nvtx-from-toolkit`): the toolkit's copy is not NVTX's
     pinned release, so it serves only where that release cannot be had."""
-    nvtx = layout.build / "deps" / "nvtx3-toolkit"
     _write(
         nvtx / "c" / "CMakeLists.txt",
         "# Stands in for NVTX's project: the CUDA toolkit's NVTX headers.\n"
@@ -40,7 +39,7 @@ def nvcc() -> str:
         "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None
     )
     if not found:
-        raise RuntimeError("the CUDA backend needs nvcc (the CUDA toolkit) on PATH")
+        raise UserError("the CUDA backend needs nvcc", fix="put the CUDA toolkit on PATH")
     return found
 
 

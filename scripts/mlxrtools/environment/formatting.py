@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# pre-commit hook id -> (PyPI package, whether the rev carries a leading "v")
+from ..progress import detail
+from .venv import kept_venv
+
+# pre-commit hook id -> the PyPI package of the same tool (revs lose their leading v)
 HOOK_PACKAGES = {
     "clang-format": "clang-format",
     "black": "black",
@@ -46,15 +48,9 @@ def parse_hooks(config: str) -> list[Hook]:
 
 
 def ensure_tools(venv: Path, hooks: list[Hook]) -> Path:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    """The folder of the hooks' tools, at the versions upstream pins."""
     wanted = [f"{HOOK_PACKAGES[h.id]}=={h.version}" for h in hooks]
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted],
-        check=True,
-    )
-    return venv / "bin"
+    return kept_venv(venv, wanted).parent
 
 
 def _command(hook: Hook, bin_dir: Path, files: list[str]) -> list[str]:
@@ -92,7 +88,7 @@ def check_formatting(tree: Path, changed: list[str], venv: Path) -> list[str]:
             _command(hook, bin_dir, files), cwd=tree, capture_output=True, text=True
         )
         status = "ok" if proc.returncode == 0 else "FAILED"
-        print(f"mlxr upstream-branch:   {hook.id} {hook.version} on {len(files)} files: {status}")
+        detail(f"{hook.id} {hook.version} on {len(files)} files: {status}")
         if proc.returncode != 0:
             problems.append(f"{hook.id}: {(proc.stdout + proc.stderr).strip()[:2000]}")
     return problems

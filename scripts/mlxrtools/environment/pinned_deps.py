@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..layout import cache_home
-from ..queue.git import GitError, git, rev_parse
+from ..progress import say
+from ..queue.git import GitError, commit_of, git, rev_parse
 
 
 class PinError(UserError):
@@ -183,11 +184,7 @@ def mirror_dir(url: str) -> Path | None:
 
 
 def has_ref(git_dir: Path, ref: str) -> bool:
-    try:
-        rev_parse(ref, git_dir)
-    except GitError:
-        return False
-    return True
+    return commit_of(ref, git_dir) is not None
 
 
 def _fetch_git_dir(pin: Pin, tmp: Path) -> tuple[Path, str]:
@@ -259,7 +256,7 @@ def _package_cccl(src: Path, dest: Path) -> None:
             raise PinError(f"packaging CCCL failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}")
 
 
-def prepare(pin: Pin, log: Callable[[str], None] = print) -> Path:
+def prepare(pin: Pin) -> Path:
     """The pinned source tree, exported once into the cache, version-checked."""
     cache = cache_home() / "deps"
     dest = cache / pin.folder
@@ -267,7 +264,7 @@ def prepare(pin: Pin, log: Callable[[str], None] = print) -> Path:
     if stamp.is_file() and stamp.read_text() == pin.url + " " + pin.ref:
         check_version(pin, dest)
         return dest
-    log(f"exporting {pin.name} {pin.ref} from {pin.url}")
+    say(f"exporting {pin.name} {pin.ref} from {pin.url}")
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp_name:
         tmp = Path(tmp_name)
@@ -300,11 +297,11 @@ def unpack(pin: Pin, archives: Path, into: Path) -> Path:
     return dest
 
 
-def pack(pins: list[Pin], out: Path, log: Callable[[str], None] = print) -> list[Path]:
+def pack(pins: list[Pin], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for pin in pins:
-        src = prepare(pin, log)
+        src = prepare(pin)
         archive = out / f"{pin.folder}.tar.xz"
         with tarfile.open(archive, "w:xz") as tar:
             tar.add(src, arcname=".")

@@ -9,6 +9,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+from ..progress import say
+
 
 @dataclass(frozen=True)
 class Requirement:
@@ -83,15 +86,15 @@ def ensure_requirements() -> None:
     required = [r for r in missing if not r.optional]
     if can_apt and required:
         names = sorted({r.debian_package for r in missing})
-        print(f"mlxr build: installing {' '.join(names)} with apt-get", flush=True)
+        say(f"installing {' '.join(names)} with apt-get")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *names]):
             if subprocess.run(cmd, env=env).returncode != 0:
-                print(f"mlxr build: `{' '.join(cmd)}` failed", flush=True)
+                say(f"`{' '.join(cmd)}` failed")
                 break
         missing = [r for r in requirements() if not r.found]
     for r in [r for r in missing if r.optional]:
-        print(f"mlxr build: {r.what} not found; building without it (slower rebuilds)")
+        say(f"{r.what} not found; building without it (slower rebuilds)")
     missing = [r for r in missing if not r.optional]
     if not missing:
         return
@@ -101,6 +104,6 @@ def ensure_requirements() -> None:
         how = f"brew install {formulas}" if formulas else "install the Xcode command line tools"
     else:
         how = "sudo apt-get install " + " ".join(sorted({r.debian_package for r in missing}))
-    raise RuntimeError(
+    raise UserError(
         "missing prerequisites:\n" + "\n".join(lines) + f"\ninstall them with:\n  {how}"
     )

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from ..layout import Layout, cache_home
-from ..queue.apply import add_worktree
-from ..queue.git import git, submodule_pin
+from ..progress import detail, say
+from ..queue.git import add_worktree, head, submodule_pin
+from .build import BuildOptions, build_wheel, cmake_args, portable
+from .venv import SUITE_REQUIREMENTS, TEST_REQUIREMENTS, fresh_venv, install_as_is, run_python
 
-SUITE_REQUIREMENTS = ("numpy", "pytest")
 # Bump when the meaning of a stored result changes, so stale caches are not read.
 RESULT_FORMAT = 2
 
@@ -52,29 +51,24 @@ def parse_junit(path: Path) -> SuiteResult:
     return result
 
 
+def upstream_pytest(tests_dir: Path, *args: str) -> list[str]:
+    """pytest's arguments for upstream's tests: their folder is its own rootdir, so
+    that no ini file or cache of ours applies to them."""
+    return ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--rootdir={tests_dir}", *args]
+
+
 def run_suite(python: Path, tests_dir: Path, junit: Path, label: str) -> SuiteResult:
-    print(f"mlxr test: upstream python/tests against the {label} wheel", flush=True)
+    say(f"upstream python/tests against the {label} wheel")
     junit.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONPATH", None)
-    # The tests dir is its own rootdir, so no ini file of ours applies to it.
-    pytest = ["pytest", "-q", "-p", "no:cacheprovider", "--no-header", f"--rootdir={tests_dir}"]
-    proc = subprocess.run(
-        [str(python), "-m", *pytest, "-o", "addopts=", f"--junitxml={junit}", "."],
-        cwd=tests_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    args = upstream_pytest(tests_dir, "--no-header", "-o", "addopts=", f"--junitxml={junit}", ".")
+    proc = run_python(python, *args, cwd=tests_dir, env={"PYTHONPATH": None}, capture=True)
     if not junit.exists():
-        raise RuntimeError(
+        raise UserError(
             f"upstream suite did not run ({label}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
         )
     result = parse_junit(junit)
-    print(
-        f"mlxr test:   {label}: {result.passed} passed, {len(result.failed)} failed, "
-        f"{result.skipped} skipped",
-        flush=True,
+    detail(
+        f"{label}: {result.passed} passed, {len(result.failed)} failed, {result.skipped} skipped"
     )
     return result
 
@@ -86,38 +80,66 @@ def baseline_key(layout: Layout, options: str) -> str:
     ).hexdigest()[:24]
 
 
-def baseline_result(
-    layout: Layout,
-    options: str,
-    make_venv: Callable[[Path], Path],
-    build_wheel: Callable[[Path, Path], Path],
-) -> SuiteResult:
+def baseline_result(layout: Layout, options: str, jobs: int | None) -> SuiteResult:
     """The unpatched build's suite result, from the per-user cache when its inputs match.
 
     `options` names the build options, which the baseline shares with the patched
-    wheel; make_venv(path) gives a python with the suite requirements and
-    build_wheel(tree, out_dir) builds the pristine tree with those options.
+    wheel (options_key).
     """
     pin = submodule_pin(layout.root)
     cache = cache_home() / "upstream-baseline"
     cached = cache / f"{baseline_key(layout, options)}.json"
     if cached.exists():
         data = json.loads(cached.read_text())
-        print(f"mlxr test: unpatched baseline from cache ({cached})", flush=True)
+        say(f"unpatched baseline from cache ({cached})")
         return SuiteResult(**data["result"])
-    print("mlxr test: no cached baseline for this pin: building unpatched MLX", flush=True)
+    say("no cached baseline for this pin: building unpatched MLX")
     tree = layout.pristine_tree
-    if not (tree / ".git").exists() or git("rev-parse", "HEAD", cwd=tree).strip() != pin:
+    if not (tree / ".git").exists() or head(tree) != pin:
         add_worktree(layout.upstream, tree, pin)
-    wheel = build_wheel(tree, layout.build / "baseline-wheel")
-    python = make_venv(layout.build / "baseline-venv")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    wheel = build_wheel(layout, tree, layout.baseline_wheels, None, BuildOptions(jobs=jobs))
+    # The same requirements as the test venv, so that both runs see the same packages.
+    python = fresh_venv(layout.baseline_venv, TEST_REQUIREMENTS)
+    install_as_is(python, wheel)
     result = run_suite(
         python, tree / "python" / "tests", layout.results / "baseline.xml", "unpatched"
     )
     cache.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps({"pin": pin, "result": asdict(result)}, indent=1) + "\n")
     return result
+
+
+def options_key(layout: Layout) -> str:
+    """The build options of both wheels, without machine-specific paths."""
+    return json.dumps(portable(cmake_args(layout, layout.applied_tree, "cpu"), layout))
+
+
+def patched_result(layout: Layout, python: Path, wheel: Path) -> SuiteResult:
+    """The patched suite result, cached while the wheel and its tests are unchanged."""
+    tests = layout.applied_tree / "python" / "tests"
+    digest = hashlib.sha256(wheel.read_bytes())
+    for f in sorted(tests.rglob("*.py")):
+        digest.update(f.read_bytes())
+    digest.update(json.dumps([TEST_REQUIREMENTS, RESULT_FORMAT]).encode())
+    cached = cache_home() / "upstream-patched" / f"{digest.hexdigest()[:24]}.json"
+    if cached.exists():
+        say(f"patched upstream-suite result from cache ({cached})")
+        return SuiteResult(**json.loads(cached.read_text()))
+    result = run_suite(python, tests, layout.results / "patched.xml", "patched")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(asdict(result), indent=1) + "\n")
+    return result
+
+
+def compare_with_baseline(layout: Layout, python: Path, wheel: Path, jobs: int | None) -> Path:
+    """Upstream's suite against our wheel (installed in python) and the unpatched
+    build; the comparison, which tests/test_upstream_suite.py reads, goes to the
+    returned file."""
+    patched = patched_result(layout, python, wheel)
+    baseline = baseline_result(layout, options_key(layout), jobs)
+    report = layout.results / "upstream-suite.json"
+    report.write_text(json.dumps(compare(patched, baseline), indent=1) + "\n")
+    return report
 
 
 def compare(patched: SuiteResult, baseline: SuiteResult) -> dict[str, object]:

@@ -12,15 +12,17 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import mlx.core as mx
 import numpy as np
 
+from .bench_options import BenchOptions
 from .bench_report import (
     COPY,
     COPY_FORM,
+    EPS,
     FUSED,
     FUSED_RES,
     FUSED_RES_VJP,
@@ -40,7 +42,6 @@ from .bench_report import (
     forward_bytes,
 )
 
-EPS = 1e-6
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 GPU_BATCH = 20
 
@@ -308,11 +309,12 @@ def train_steps(params: Params, x: mx.array) -> dict[str, Callable[[], Arrays]]:
     return steps
 
 
-def bench_train(
-    tokens: int, hidden: int, blocks: int, dtype_name: str, device: mx.Device, repeats: int
-) -> TrainRow:
+def bench_train(options: BenchOptions, device: mx.Device) -> TrainRow:
     """Time per training step of the fused and the stock stack, same weights,
-    timed in turns; then the peak memory of one step of each."""
+    timed in turns; then the peak memory of one step of each. The options have
+    their device defaults filled in."""
+    tokens, hidden, blocks = options.train_tokens or 0, options.train_hidden, options.train_blocks
+    dtype_name, repeats = options.train_dtype or "float32", options.train_repeats
     dtype = DTYPES[dtype_name]
     params = train_params(blocks, hidden, dtype)
     x = mx.random.normal((tokens, hidden)).astype(dtype)
@@ -345,21 +347,21 @@ def setup(device_name: str, cache_limit_mb: int | None) -> tuple[mx.Device, str]
 
 
 def forward_rows(
-    shapes: list[Shape], dtypes: list[str], device: mx.Device, repeats: int
+    shapes: Sequence[Shape], dtypes: Sequence[str], device: mx.Device, repeats: int
 ) -> list[Row]:
     return _every_shape(bench_shape, shapes, dtypes, device, repeats)
 
 
 def backward_rows(
-    shapes: list[Shape], dtypes: list[str], device: mx.Device, repeats: int
+    shapes: Sequence[Shape], dtypes: Sequence[str], device: mx.Device, repeats: int
 ) -> list[BackwardRow]:
     return _every_shape(bench_backward_shape, shapes, dtypes, device, repeats)
 
 
 def _every_shape(
     bench: Callable[[int, int, str, mx.Device, int], list[RowT]],
-    shapes: list[Shape],
-    dtypes: list[str],
+    shapes: Sequence[Shape],
+    dtypes: Sequence[str],
     device: mx.Device,
     repeats: int,
 ) -> list[RowT]:
@@ -395,7 +397,9 @@ def machine_name(device: str, cache_limit_mb: int | None) -> str:
     return f"{system}; {device} stream; mlx {mx.__version__}; {cache}"
 
 
-def sweep(dtypes: list[str], device: mx.Device, repeats: int, elements: int = 1 << 22) -> list[Row]:
+def sweep(
+    dtypes: Sequence[str], device: mx.Device, repeats: int, elements: int = 1 << 22
+) -> list[Row]:
     """GB/s against hidden size, at a fixed number of elements per call."""
     rows = []
     for dtype in dtypes:

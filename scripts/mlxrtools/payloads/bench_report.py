@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 Shape = tuple[int, int]
+# The epsilon of every case, ours and the baselines.
+EPS = 1e-6
 
 FUSED, UPSTREAM = "rmsnorm_fused", "mx.fast.rms_norm"
 FUSED_RES, UPSTREAM_RES = "rmsnorm_fused(residual)", "x + r, mx.fast.rms_norm"
@@ -90,13 +92,9 @@ def percent(ratio: float | None) -> str:
     return "–" if ratio is None else f"{ratio:.0%}"
 
 
-@dataclass
-class Row:
-    """A forward case."""
+class _Rate:
+    """A timed case's rate: the bytes it must move over its time."""
 
-    shape: Shape
-    dtype: str
-    case: str
     seconds: float
     bytes_moved: int
 
@@ -105,8 +103,19 @@ class Row:
         return gbps(self.bytes_moved, self.seconds)
 
 
+@dataclass
+class Row(_Rate):
+    """A forward case."""
+
+    shape: Shape
+    dtype: str
+    case: str
+    seconds: float
+    bytes_moved: int
+
+
 @dataclass(frozen=True)
-class BackwardRow:
+class BackwardRow(_Rate):
     """A backward case: `form` is plain, residual, or copy (the reference)."""
 
     shape: Shape
@@ -116,10 +125,6 @@ class BackwardRow:
     seconds: float
     bytes_moved: int
     peak_bytes: int | None
-
-    @property
-    def gbps(self) -> float:
-        return gbps(self.bytes_moved, self.seconds)
 
 
 @dataclass(frozen=True)

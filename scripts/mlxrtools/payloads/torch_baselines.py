@@ -20,9 +20,11 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .bench_options import BenchOptions, format_shapes, shape_list
 from .bench_report import (
     COPY_FORM,
     DEVICE_COPY,
+    EPS,
     PLAIN,
     RESIDUAL,
     TORCH,
@@ -33,9 +35,7 @@ from .bench_report import (
     backward_bytes,
     forward_bytes,
 )
-from .benchmark import case_list, dtype_list, format_shapes, positive, shape_list
 
-EPS = 1e-6
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -136,13 +136,14 @@ def backward(shape: Shape, name: str, repeats: int) -> list[Case]:
     return [*rows, Case(shape, name, DEVICE_COPY, seconds, moved, "backward", COPY_FORM)]
 
 
-def run(args: argparse.Namespace) -> list[Case]:
+def run(options: BenchOptions) -> list[Case]:
     rows = []
-    if "forward" in args.cases:
-        rows += [c for s in args.shapes for d in args.dtypes for c in forward(s, d, args.repeats)]
-    if "backward" in args.cases:
-        shapes = args.backward_shapes
-        rows += [c for s in shapes for d in args.dtypes for c in backward(s, d, args.repeats)]
+    dtypes, repeats = options.dtypes, options.repeats
+    if "forward" in options.cases:
+        rows += [c for s in options.shapes for d in dtypes for c in forward(s, d, repeats)]
+    if "backward" in options.cases:
+        shapes = options.backward_shapes or ()
+        rows += [c for s in shapes for d in dtypes for c in backward(s, d, repeats)]
     return rows
 
 
@@ -163,16 +164,28 @@ def table(rows: list[Case]) -> str:
     return "\n".join(lines)
 
 
+# On its own, without `--options`: one large shape in bfloat16.
+STANDALONE = BenchOptions(
+    device="gpu",
+    repeats=20,
+    cases=("forward", "backward"),
+    shapes=shape_list("16384x8192"),
+    backward_shapes=shape_list("16384x8192"),
+    dtypes=("bfloat16",),
+)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--cases", type=case_list, default=["forward", "backward"])
-    p.add_argument("--shapes", type=shape_list, default=shape_list("16384x8192"))
-    p.add_argument("--backward-shapes", type=shape_list, default=shape_list("16384x8192"))
-    p.add_argument("--dtypes", type=dtype_list, default=["bfloat16"])
-    p.add_argument("--repeats", type=positive, default=20)
+    p.add_argument(
+        "--options",
+        type=BenchOptions.from_json,
+        default=STANDALONE,
+        help="the cases, as the JSON of a BenchOptions (bench_options.py)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON rows, not a table")
     args = p.parse_args()
-    rows = run(args)
+    rows = run(args.options)
     if args.json:
         print(json.dumps([row._asdict() for row in rows]))
         return

@@ -1,4 +1,4 @@
-"""The `check` verb: the series is well-formed, applies exactly and round-trips."""
+"""What `check` proves: the series is well-formed, applies exactly and round-trips."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ import tempfile
 from pathlib import Path
 
 from ..layout import Layout
-from .apply import ApplyError, add_worktree, commit_series, remove_worktree
+from .apply import ApplyError, commit_series
 from .export import ExportError, current_state, differences, export_commits
-from .git import git
-from .patchfile import PatchMail, lint_fields, overlay_paths, slug
+from .git import git, scratch_worktree
+from .patchfile import MailError, PatchMail, lint_fields, overlay_paths, slug
 from .registration import SITES, Site, missing_sites
 from .series import load_patches, overlay_files, read_series
 from .tree import prepare_upstream
 
 
 def lint(layout: Layout, pin: str) -> list[str]:
+    """The series file, each patch's name and fields, and the overlay files' claims."""
     problems: list[str] = []
     names = read_series(layout.series)
     on_disk = sorted(p.name for p in layout.patches.glob("*.patch"))
@@ -31,7 +32,7 @@ def lint(layout: Layout, pin: str) -> list[str]:
             continue
         try:
             mail = PatchMail.parse((layout.patches / name).read_text())
-        except ValueError as err:
+        except MailError as err:
             problems.append(f"{name}: {err}")
             continue
         if slug(mail.subject) != name:
@@ -53,33 +54,27 @@ def lint(layout: Layout, pin: str) -> list[str]:
 
 
 def round_trip(layout: Layout, pin: str, sites: tuple[Site, ...] = SITES) -> list[str]:
-    """Apply on a pristine tree, export, and compare byte for byte."""
-    with tempfile.TemporaryDirectory(prefix="mlxr-check-") as tmp:
-        scratch = Path(tmp) / "tree"
-        add_worktree(layout.upstream, scratch, pin)
+    """Apply on a pristine tree, export, and compare byte for byte; then the sites."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mlxr-check-") as tmp,
+        scratch_worktree(layout.upstream, Path(tmp) / "tree", pin) as scratch,
+    ):
         try:
-            patches = load_patches(layout.patches)
-            head = commit_series(scratch, patches, layout.overlay)
+            commit = commit_series(scratch, load_patches(layout.patches), layout.overlay)
             have = current_state(layout.patches, layout.overlay)
-            want = export_commits(scratch, pin, head, previous=have.patches)
-            problems = [
-                f"round trip: {d} (a patch that applies with an offset or a stale export)"
-                for d in differences(want, have)
-            ]
-            problems += [
-                f"{site.path} lacks RMSNormFused ({site.why})"
-                for site in missing_sites(scratch, sites)
-            ]
-            return problems
+            want = export_commits(scratch, pin, commit, previous=have.patches)
         except (ApplyError, ExportError) as err:
             return [str(err)]
-        finally:
-            remove_worktree(layout.upstream, scratch)
+        problems = [
+            f"round trip: {d} (a patch that applies with an offset or a stale export)"
+            for d in differences(want, have)
+        ]
+        return problems + [
+            f"{site.path} lacks RMSNormFused ({site.why})" for site in missing_sites(scratch, sites)
+        ]
 
 
-def check(layout: Layout, sites: tuple[Site, ...] = SITES) -> list[str]:
+def check_series(layout: Layout, sites: tuple[Site, ...] = SITES) -> list[str]:
+    """Every problem `check` finds; none means the series is sound."""
     pin = prepare_upstream(layout)
-    problems = lint(layout, pin)
-    if not problems:
-        problems = round_trip(layout, pin, sites)
-    return problems
+    return lint(layout, pin) or round_trip(layout, pin, sites)

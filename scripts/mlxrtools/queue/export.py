@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .git import git
+from ..errors import UserError
+from .git import git, show_bytes
 from .patchfile import PatchMail, slug
 from .series import read_series, render_series
 
@@ -46,7 +46,7 @@ _FORMAT_PATCH_FLAGS = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     pass
 
 
@@ -109,7 +109,7 @@ def export_commits(
         result.patches[name] = _dated(mail, previous.get(name), today).render()
         result.series.append(name)
         for path in added:
-            result.overlay[path] = git_show_bytes(repo, commit, path)
+            result.overlay[path] = show_bytes(repo, commit, path)
             mode = git("ls-tree", commit, "--", path, cwd=repo).split()[0]
             result.overlay_modes[path] = mode == "100755"
     return result
@@ -123,12 +123,6 @@ def _dated(mail: PatchMail, old: str | None, today: str) -> PatchMail:
     if kept and mail.with_field("Last-Update", kept).render() == old:
         return mail.with_field("Last-Update", kept)
     return mail.with_field("Last-Update", today)
-
-
-def git_show_bytes(repo: Path, commit: str, path: str) -> bytes:
-    return subprocess.run(
-        ["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, check=True
-    ).stdout
 
 
 def current_state(patches_dir: Path, overlay_dir: Path) -> ExportResult:

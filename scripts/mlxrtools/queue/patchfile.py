@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import UserError
+
 FIELD_ORDER = ("Origin", "Forwarded", "Upstream-Plan", "Overlay", "Last-Update")
 REQUIRED_FIELDS = ("Origin", "Forwarded", "Upstream-Plan", "Last-Update")
 VENDOR_ONLY_FIELDS = ("Origin", "Forwarded", "Upstream-Plan", "Overlay", "Last-Update")
@@ -12,6 +14,10 @@ VENDOR_ONLY_FIELDS = ("Origin", "Forwarded", "Upstream-Plan", "Overlay", "Last-U
 _FIELD_RE = re.compile(r"^([A-Z][A-Za-z-]*): ?(.*)$")
 _PLAN_RE = re.compile(r"^(upstream|vendor-only|drop-when:\S.*)$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class MailError(UserError):
+    """A file of the series that is not a git format-patch mail."""
 
 
 @dataclass
@@ -26,10 +32,10 @@ class PatchMail:
     def parse(cls, text: str) -> PatchMail:
         head, sep, rest = text.partition("\n\n")
         if not sep or "\nSubject: " not in "\n" + head:
-            raise ValueError("not a git format-patch mail (no Subject header)")
+            raise MailError("not a git format-patch mail (no Subject header)")
         marker = re.search(r"^---$", rest, flags=re.MULTILINE)
         if marker is None:
-            raise ValueError("mail has no '---' line before its diff")
+            raise MailError("mail has no '---' line before its diff")
         return cls(head, rest[: marker.start()], rest[marker.start() :])
 
     def render(self) -> str:
@@ -46,7 +52,7 @@ class PatchMail:
                         break
                     value += cont
                 return re.sub(r"^\[PATCH[^\]]*\]\s*", "", value)
-        raise ValueError("mail has no Subject header")
+        raise MailError("mail has no Subject header")
 
     @property
     def fields(self) -> dict[str, str]:

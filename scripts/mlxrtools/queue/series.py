@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .patchfile import PatchMail, overlay_paths
+from ..errors import UserError
+from .patchfile import PatchMail, overlay_paths, strip_fields
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ def load_patches(patches_dir: Path) -> list[Patch]:
     names = read_series(patches_dir / "series")
     missing = [n for n in names if not (patches_dir / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"series names missing patches: {', '.join(missing)}")
+        raise UserError(
+            f"patches/series names missing patches: {', '.join(missing)}",
+            fix="restore them, or run `export` from the applied tree",
+        )
     return [Patch(n, (patches_dir / n).read_text()) for n in names]
 
 
@@ -56,3 +60,14 @@ def overlay_files(overlay_dir: Path) -> list[str]:
     return sorted(
         p.relative_to(overlay_dir).as_posix() for p in overlay_dir.rglob("*") if p.is_file()
     )
+
+
+def upstream_bound(patches: list[Patch]) -> list[Patch]:
+    return [p for p in patches if p.mail.fields.get("Upstream-Plan") == "upstream"]
+
+
+def without_vendor_fields(patch: Patch) -> Patch:
+    """The patch as upstream should see it: its message without our DEP-3 fields."""
+    mail = patch.mail
+    stripped = PatchMail(mail.headers, strip_fields(mail.body), mail.diff)
+    return Patch(patch.name, stripped.render(), claimed=tuple(patch.overlay))

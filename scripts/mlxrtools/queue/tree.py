@@ -1,26 +1,40 @@
-"""The `apply` and `export` verbs: the applied work tree in build/mlx-src."""
+"""The applied tree in build/mlx-src: the pin plus one commit a patch, and back again.
+
+`apply` never touches mlx_upstream/ itself: it makes a work tree of the submodule
+at the pin, marks the pin with BASE_REF, and applies the series there. A stamp
+records what the tree was made from, so that unchanged inputs do nothing and
+commits that were not exported are never discarded unasked.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..layout import APPLIED_BRANCH, BASE_REF, Layout
-from .apply import ApplyError, add_worktree, commit_series, fingerprint, remove_worktree
+from .apply import ApplyError, commit_series, fingerprint
 from .export import current_state, differences, export_commits, write_state
-from .git import ensure_submodule, git, submodule_pin
+from .git import (
+    add_branch_worktree,
+    commit_of,
+    ensure_submodule,
+    git,
+    head,
+    scratch_worktree,
+    submodule_pin,
+    unfinished_operation,
+)
 from .series import load_patches
 
 
-def _stamp_path(layout: Layout) -> Path:
-    return layout.build / "mlx-src.stamp"
-
-
-def _read_stamp(layout: Layout) -> dict[str, str]:
-    try:
-        return json.loads(_stamp_path(layout).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+@dataclass(frozen=True)
+class Applied:
+    tree: Path
+    pin: str
+    patches: int
+    up_to_date: bool  # nothing was done: the tree was already made from these inputs
 
 
 def prepare_upstream(layout: Layout) -> str:
@@ -33,65 +47,78 @@ def prepare_upstream(layout: Layout) -> str:
     return pin
 
 
+def resolve_ref(layout: Layout, ref: str) -> str:
+    """A commit of the upstream repository, fetching from its remote if needed."""
+    git("fetch", "--quiet", "--tags", "origin", cwd=layout.upstream, check=False)
+    # Upstream's branches, not the stale local ones the submodule clone started with.
+    for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
+        commit = commit_of(candidate, layout.upstream)
+        if commit:
+            return commit
+    raise UserError(f"{ref} is not a commit, branch or tag of mlx_upstream")
+
+
+def _read_stamp(layout: Layout) -> dict[str, str]:
+    try:
+        return json.loads(layout.applied_stamp.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _save_stamp(layout: Layout, inputs: str, commit: str) -> None:
+    layout.applied_stamp.write_text(json.dumps({"inputs": inputs, "head": commit}) + "\n")
+
+
+def has_tree(layout: Layout) -> bool:
+    return (layout.applied_tree / ".git").exists()
+
+
 def unexported_work(layout: Layout) -> str | None:
     """Describe edits in the applied tree that export has not captured, if any."""
     tree = layout.applied_tree
-    if not (tree / ".git").exists():
+    if not has_tree(layout):
         return None
     dirty = git("status", "--porcelain", "--untracked-files=no", cwd=tree).strip()
     if dirty:
         return "uncommitted changes:\n" + dirty
     stamp = _read_stamp(layout)
-    head = git("rev-parse", "HEAD", cwd=tree).strip()
-    if stamp.get("head") and head != stamp["head"]:
-        return f"HEAD {head[:12]} differs from the last applied series {stamp['head'][:12]}"
+    now = head(tree)
+    if stamp.get("head") and now != stamp["head"]:
+        return f"HEAD {now[:12]} differs from the last applied series {stamp['head'][:12]}"
     return None
 
 
-def apply(layout: Layout, force: bool = False, quiet: bool = False) -> Path:
+def apply(layout: Layout, force: bool = False) -> Applied:
+    """Make the applied tree from the pin, patches/ and overlay/, unless it is current."""
     pin = prepare_upstream(layout)
     patches = load_patches(layout.patches)
     digest = fingerprint(pin, patches, layout.overlay)
     tree = layout.applied_tree
-    stamp = _read_stamp(layout)
     pending = unexported_work(layout)
-    if pending is None and stamp.get("inputs") == digest and (tree / ".git").exists():
-        if not quiet:
-            print(f"mlxr apply: {tree.relative_to(layout.root)} is up to date")
-        return tree
+    if pending is None and _read_stamp(layout).get("inputs") == digest and has_tree(layout):
+        return Applied(tree, pin, len(patches), up_to_date=True)
     if pending and not force:
         raise ApplyError(
-            f"{tree} has work that is not exported ({pending}).\n"
-            "Run `scripts/mlxr.py export` first, or `apply --force` to discard it."
+            f"{tree} has work that is not exported ({pending})",
+            fix="run `scripts/mlxr.py export` first, or `apply --force` to discard it",
         )
-    scratch = layout.build / "apply-scratch"
-    add_worktree(layout.upstream, scratch, pin)
-    try:
-        head = commit_series(scratch, patches, layout.overlay)
-    finally:
-        remove_worktree(layout.upstream, scratch)
-    if (tree / ".git").exists():
+    with scratch_worktree(layout.upstream, layout.apply_scratch, pin) as scratch:
+        commit = commit_series(scratch, patches, layout.overlay)
+    if has_tree(layout):
         # checkout touches only files that differ, so unchanged files keep their times
         # and the build stays incremental.
-        git("checkout", "--quiet", "--force", "-B", APPLIED_BRANCH, head, cwd=tree)
+        git("checkout", "--quiet", "--force", "-B", APPLIED_BRANCH, commit, cwd=tree)
     else:
-        git("worktree", "prune", cwd=layout.upstream)
-        git("branch", "--force", APPLIED_BRANCH, head, cwd=layout.upstream)
-        tree.parent.mkdir(parents=True, exist_ok=True)
-        git("worktree", "add", "--quiet", str(tree), APPLIED_BRANCH, cwd=layout.upstream)
-    _save_stamp(layout, digest, head)
-    if not quiet:
-        print(
-            f"mlxr apply: {len(patches)} patches on {pin[:12]} in {tree.relative_to(layout.root)}"
-        )
-    return tree
+        add_branch_worktree(layout.upstream, tree, APPLIED_BRANCH, commit)
+    _save_stamp(layout, digest, commit)
+    return Applied(tree, pin, len(patches), up_to_date=False)
 
 
 def export(layout: Layout, check_only: bool = False) -> list[str]:
     """Regenerate patches/ and overlay/ from the applied tree; return what changed."""
     tree = layout.applied_tree
-    if not (tree / ".git").exists():
-        raise ApplyError("nothing to export: run `scripts/mlxr.py apply` first")
+    if not has_tree(layout):
+        raise ApplyError("nothing to export", fix="run `scripts/mlxr.py apply` first")
     dirty = git("status", "--porcelain", "--untracked-files=no", cwd=tree).strip()
     if dirty:
         raise ApplyError(f"commit your edits in {tree} first:\n{dirty}")
@@ -107,21 +134,8 @@ def export(layout: Layout, check_only: bool = False) -> list[str]:
     return changes
 
 
-def unfinished_operation(tree: Path) -> str | None:
-    """A rebase or `git am` stopped half-way, whose HEAD is not the whole series."""
-    for name, what in (("rebase-merge", "rebase"), ("rebase-apply", "rebase or git am")):
-        path = tree / git("rev-parse", "--git-path", name, cwd=tree).strip()
-        if path.exists():
-            return what
-    return None
-
-
 def write_stamp(layout: Layout) -> None:
     """Record that the applied tree's HEAD is what patches/ and overlay/ describe."""
-    head = git("rev-parse", "HEAD", cwd=layout.applied_tree).strip()
     pin = submodule_pin(layout.root)
-    _save_stamp(layout, fingerprint(pin, load_patches(layout.patches), layout.overlay), head)
-
-
-def _save_stamp(layout: Layout, inputs: str, head: str) -> None:
-    _stamp_path(layout).write_text(json.dumps({"inputs": inputs, "head": head}) + "\n")
+    inputs = fingerprint(pin, load_patches(layout.patches), layout.overlay)
+    _save_stamp(layout, inputs, head(layout.applied_tree))
