@@ -71,26 +71,33 @@ struct BlockBroadcastReduce {
 
 // The form of the forward: b = x, or the norm of x with the branch weight
 // when NORM_BRANCH; h = b + r when HAS_RESIDUAL; y = the norm of h when
-// NORM_OUTPUT.
-template <bool HAS_RESIDUAL, bool NORM_BRANCH, bool NORM_OUTPUT>
+// NORM_OUTPUT. HAS_OFFSET and CLIP are compile-time too, so that the forms
+// without them run the same code as before they existed.
+template <
+    bool HAS_RESIDUAL,
+    bool NORM_BRANCH,
+    bool NORM_OUTPUT,
+    bool HAS_OFFSET,
+    bool CLIP>
 struct FusedForm {
   static constexpr bool has_residual = HAS_RESIDUAL;
   static constexpr bool norm_branch = NORM_BRANCH;
   static constexpr bool norm_output = NORM_OUTPUT;
+  static constexpr bool has_offset = HAS_OFFSET;
+  static constexpr bool clip = CLIP;
 };
 
-// h = b + r rounded to T, as the add op rounds it; with clip_residual, the
-// float32 sum clipped to the float16 range first, as Gemma 3 does.
-template <typename T, int N>
+// h = b + r rounded to T, as the add op rounds it; with CLIP, the float32
+// sum clipped to the float16 range first, as Gemma 3 does.
+template <bool CLIP = false, typename T, int N>
 __device__ void add_in_place(
     AlignedVector<T, N>& b,
-    const AlignedVector<T, N>& r,
-    bool clip_residual) {
+    const AlignedVector<T, N>& r) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
     float sum = static_cast<float>(b[i]) + static_cast<float>(r[i]);
-    if (clip_residual && !isnan(sum)) {
-      sum = fminf(fmaxf(sum, -65504.0f), 65504.0f);
+    if constexpr (CLIP) {
+      sum = isnan(sum) ? sum : fminf(fmaxf(sum, -65504.0f), 65504.0f);
     }
     b[i] = static_cast<T>(sum);
   }
@@ -109,15 +116,15 @@ __device__ void add_squares(float& sum, const AlignedVector<T, N>& v) {
 // The normalized value times the weight, w * T(h * inv_rms) in the order
 // rms_norm uses, or T(h * inv_rms * (offset + w)) with an offset, as Gemma's
 // norms compute it.
-template <typename T, int N>
+template <bool HAS_OFFSET = false, typename T, int N>
 __device__ void scale(
     AlignedVector<T, N>& h,
     const AlignedVector<T, N>& w,
     float inv_rms,
-    float offset) {
+    float offset = 0) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
-    if (offset != 0) {
+    if constexpr (HAS_OFFSET) {
       h[i] = static_cast<T>(
           static_cast<float>(h[i]) * inv_rms *
           (offset + static_cast<float>(w[i])));
@@ -161,8 +168,7 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
         int64_t w_stride,
         const T* w_branch,
         int64_t w_branch_stride,
-        float weight_offset,
-        bool clip_residual) {
+        float weight_offset) {
   auto block = cg::this_thread_block();
   using BlockReduceT = BlockBroadcastReduce<float, BLOCK_DIM>;
   // Two, so that a warp can store the sum of the second norm while another
@@ -206,43 +212,48 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
   };
 
   AlignedVector<T, N_READS> hn[N_CHUNKS];
-#pragma unroll
-  for (int i = 0; i < N_CHUNKS; i++) {
-    if (in_row(i)) {
-      hn[i] = load(x, i);
-    } else {
-      set_zero(hn[i]);
-    }
-  }
+  float sum_squares = 0;
   if constexpr (Form::norm_branch) {
-    float sum_squares = 0;
+    // The branch norm of x, held in registers, then h = b + r.
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
+      if (in_row(i)) {
+        hn[i] = load(x, i);
+      } else {
+        set_zero(hn[i]);
+      }
       add_squares(sum_squares, hn[i]);
     }
     float inv_rms =
         rsqrt(BlockReduceT{block, temp[1]}.Sum(sum_squares) / axis_size + eps);
+    sum_squares = 0;
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
       if (in_row(i)) {
-        scale(
+        scale<Form::has_offset>(
             hn[i],
             load_weight(w_branch, w_branch_stride, i),
             inv_rms,
             weight_offset);
-      }
-    }
-  }
-  float sum_squares = 0;
-#pragma unroll
-  for (int i = 0; i < N_CHUNKS; i++) {
-    if constexpr (Form::has_residual) {
-      if (in_row(i)) {
-        add_in_place(hn[i], load(r, i), clip_residual);
+        add_in_place<Form::clip>(hn[i], load(r, i));
         store(h, i, hn[i]);
       }
+      add_squares(sum_squares, hn[i]);
     }
-    add_squares(sum_squares, hn[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N_CHUNKS; i++) {
+      if (in_row(i)) {
+        hn[i] = load(x, i);
+        if constexpr (Form::has_residual) {
+          add_in_place<Form::clip>(hn[i], load(r, i));
+          store(h, i, hn[i]);
+        }
+      } else {
+        set_zero(hn[i]);
+      }
+      add_squares(sum_squares, hn[i]);
+    }
   }
   if constexpr (Form::norm_output) {
     float inv_rms =
@@ -250,7 +261,8 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
       if (in_row(i)) {
-        scale(hn[i], load_weight(w, w_stride, i), inv_rms, weight_offset);
+        scale<Form::has_offset>(
+            hn[i], load_weight(w, w_stride, i), inv_rms, weight_offset);
         store(out, i, hn[i]);
       }
     }
@@ -271,8 +283,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
     int64_t w_stride,
     const T* w_branch,
     int64_t w_branch_stride,
-    float weight_offset,
-    bool clip_residual) {
+    float weight_offset) {
   auto block = cg::this_thread_block();
   using BlockReduceT = BlockBroadcastReduce<float, RMS_FUSED_LOOPED_BLOCK>;
   // Two, as in rms_norm_fused_small.
@@ -299,7 +310,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
   for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
     auto hn = load_vector<N_READS>(x, index, axis_size, T(0));
     if constexpr (Form::norm_branch) {
-      scale(
+      scale<Form::has_offset>(
           hn,
           load_vector<N_READS>(
               w_branch, index, axis_size, w_branch_stride, T(0)),
@@ -307,8 +318,8 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
           weight_offset);
     }
     if constexpr (Form::has_residual) {
-      add_in_place(
-          hn, load_vector<N_READS>(r, index, axis_size, T(0)), clip_residual);
+      add_in_place<Form::clip>(
+          hn, load_vector<N_READS>(r, index, axis_size, T(0)));
       store_vector<N_READS>(h, index, hn, axis_size);
     }
     add_squares(sum_squares, hn);
@@ -320,7 +331,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
     for (uint32_t index = threadIdx.x; index < n_vectors;
          index += blockDim.x) {
       auto hn = load_vector<N_READS>(h_in, index, axis_size, T(0));
-      scale(
+      scale<Form::has_offset>(
           hn,
           load_vector<N_READS>(w, index, axis_size, w_stride, T(0)),
           inv_rms,
@@ -349,7 +360,7 @@ __device__ void keep_packed(AlignedVector<T, N>& v) {
 
 // Adds h * h, in the order of the forward's sum of squares, and s * g * h,
 // where the scale s is w, or offset + w.
-template <bool HAS_W, typename T, int N>
+template <bool HAS_W, bool HAS_OFFSET, typename T, int N>
 __device__ void add_vjp_sums(
     float2& sums,
     const AlignedVector<T, N>& h,
@@ -360,8 +371,10 @@ __device__ void add_vjp_sums(
   for (int i = 0; i < N; i++) {
     float hi = static_cast<float>(h[i]);
     float wgi = static_cast<float>(g[i]);
-    if constexpr (HAS_W) {
+    if constexpr (HAS_W && HAS_OFFSET) {
       wgi *= static_cast<float>(w[i]) + offset;
+    } else if constexpr (HAS_W) {
+      wgi *= static_cast<float>(w[i]);
     }
     sums.x += hi * hi;
     sums.y += wgi * hi;
@@ -370,7 +383,7 @@ __device__ void add_vjp_sums(
 
 // gx = s * g * inv_rms - h * inv_rms^3 * mean(s * g * h) (+ gh), and
 // gw += g * h * inv_rms, all in float32, with the scale s = w or offset + w.
-template <bool HAS_W, bool HAS_GH, typename T, int N>
+template <bool HAS_W, bool HAS_GH, bool HAS_OFFSET, typename T, int N>
 __device__ AlignedVector<T, N> vjp_vector(
     const AlignedVector<T, N>& h,
     const AlignedVector<T, N>& g,
@@ -387,8 +400,10 @@ __device__ AlignedVector<T, N> vjp_vector(
     float hi = static_cast<float>(h[i]);
     float gi = static_cast<float>(g[i]);
     float wgi = gi;
-    if constexpr (HAS_W) {
+    if constexpr (HAS_W && HAS_OFFSET) {
       wgi *= static_cast<float>(w[i]) + offset;
+    } else if constexpr (HAS_W) {
+      wgi *= static_cast<float>(w[i]);
     }
     float gxi = wgi * inv_rms - hi * mean_wgh * inv_rms3;
     if constexpr (HAS_GH) {
@@ -410,6 +425,7 @@ __device__ AlignedVector<T, N> vjp_vector(
 template <
     typename T,
     bool HAS_GH,
+    bool HAS_OFFSET,
     int N_CHUNKS,
     int N_READS,
     int BLOCK_DIM = RMS_FUSED_SMALL_MAX_BLOCK>
@@ -468,7 +484,7 @@ __global__ void __launch_bounds__(
         if constexpr (HAS_GH) {
           ghn[i] = unsafe_load_vector<N_READS>(gh, index);
         }
-        add_vjp_sums<true>(sums, hn[i], gn[i], wn[i], weight_offset);
+        add_vjp_sums<true, HAS_OFFSET>(sums, hn[i], gn[i], wn[i], weight_offset);
       }
     }
     sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
@@ -484,7 +500,7 @@ __global__ void __launch_bounds__(
         unsafe_store_vector<N_READS>(
             gx,
             i * blockDim.x + threadIdx.x,
-            vjp_vector<true, HAS_GH>(
+            vjp_vector<true, HAS_GH, HAS_OFFSET>(
                 hn[i],
                 gn[i],
                 wn[i],
@@ -514,7 +530,7 @@ __global__ void __launch_bounds__(
 // holds them, and each thread adds into its own values of the block's row of
 // weight-gradient partials in gw. The sums take the order of
 // rms_norm_fused_small and rms_norm_fused_vjp_small at the same block size.
-template <typename T, bool HAS_GH, bool HAS_W, int N_READS>
+template <typename T, bool HAS_GH, bool HAS_W, bool HAS_OFFSET, int N_READS>
 __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
     rms_norm_fused_vjp_looped(
         const T* h,
@@ -550,7 +566,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
       if constexpr (HAS_W) {
         wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
       }
-      add_vjp_sums<HAS_W>(sums, hn, gn, wn, weight_offset);
+      add_vjp_sums<HAS_W, HAS_OFFSET>(sums, hn, gn, wn, weight_offset);
     }
     sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
     float inv_rms = rsqrt(sums.x / axis_size + eps);
@@ -577,7 +593,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
       store_vector<N_READS>(
           gx + row,
           index,
-          vjp_vector<HAS_W, HAS_GH>(
+          vjp_vector<HAS_W, HAS_GH, HAS_OFFSET>(
               hn,
               gn,
               wn,
@@ -666,22 +682,43 @@ array ensure_row_contiguous(
   return copy;
 }
 
-// The kernels are instantiated for the forms RMSNormFused has.
-template <typename F>
+// The kernels are instantiated for the forms RMSNormFused has, with the
+// offset and the clip as the form asks; the clip only where T is float16,
+// the one type it changes.
+template <bool CAN_CLIP, typename F>
 void dispatch_fused_form(
     bool has_residual,
     bool norm_branch,
     bool norm_output,
+    bool has_offset,
+    bool clip,
     F&& f) {
-  if (!has_residual) {
-    f(cu::FusedForm<false, false, true>{});
-  } else if (!norm_branch) {
-    f(cu::FusedForm<true, false, true>{});
-  } else if (!norm_output) {
-    f(cu::FusedForm<true, true, false>{});
-  } else {
-    f(cu::FusedForm<true, true, true>{});
-  }
+  dispatch_bool(has_offset, [&](auto offset) {
+    auto with_clip = [&](auto residual, auto branch, auto output) {
+      auto form = [&](auto clip_constant) {
+        f(cu::FusedForm<
+            residual.value,
+            branch.value,
+            output.value,
+            offset.value,
+            clip_constant.value>{});
+      };
+      if constexpr (CAN_CLIP && residual.value) {
+        dispatch_bool(clip, form);
+      } else {
+        form(std::false_type{});
+      }
+    };
+    if (!has_residual) {
+      with_clip(std::false_type{}, std::false_type{}, std::true_type{});
+    } else if (!norm_branch) {
+      with_clip(std::true_type{}, std::false_type{}, std::true_type{});
+    } else if (!norm_output) {
+      with_clip(std::true_type{}, std::true_type{}, std::false_type{});
+    } else {
+      with_clip(std::true_type{}, std::true_type{}, std::true_type{});
+    }
+  });
 }
 
 } // namespace
@@ -766,11 +803,16 @@ void RMSNormFused::eval_gpu(
           w_stride,
           gpu_ptr<DataType>(w_branch),
           w_branch_stride,
-          weight_offset_,
-          clip_residual_);
+          weight_offset_);
     };
-    dispatch_fused_form(
-        has_residual_, norm_branch_, norm_output_, [&](auto form) {
+    constexpr bool can_clip = std::is_same_v<DataType, __half>;
+    dispatch_fused_form<can_clip>(
+        has_residual_,
+        norm_branch_,
+        norm_output_,
+        weight_offset_ != 0,
+        clip_residual_,
+        [&](auto form) {
           using Form = decltype(form);
           if (launch.n_chunks == 0) {
             add_node(cu::rms_norm_fused_looped<DataType, Form, N_READS>);
@@ -906,41 +948,47 @@ void RMSNormFusedVJP::eval_gpu(
           extra...);
     };
     dispatch_bool(has_residual_, [&](auto has_gh) {
-      if (!small) {
-        dispatch_bool(has_w, [&](auto has_w_constant) {
-          add_node(
-              cu::rms_norm_fused_vjp_looped<
-                  DataType,
-                  has_gh.value,
-                  has_w_constant.value,
-                  N_READS>,
-              w_stride);
-        });
-        return;
-      }
-      dispatch_fused_chunks(launch.n_chunks, [&](auto n_chunks) {
-        constexpr int N_CHUNKS = n_chunks.value;
+      dispatch_bool(weight_offset_ != 0, [&](auto has_offset) {
         constexpr bool HAS_GH = has_gh.value;
-        if constexpr (N_CHUNKS <= cu::RMS_FUSED_VJP_MAX_CHUNKS) {
-          if constexpr (N_CHUNKS == 1) {
-            if (launch.block_dim == WARP_SIZE) {
-              add_node(
-                  cu::rms_norm_fused_vjp_small<
-                      DataType,
-                      HAS_GH,
-                      N_CHUNKS,
-                      N_READS,
-                      WARP_SIZE>);
-              return;
-            }
-          }
-          add_node(
-              cu::rms_norm_fused_vjp_small<
-                  DataType,
-                  HAS_GH,
-                  N_CHUNKS,
-                  N_READS>);
+        constexpr bool HAS_OFFSET = has_offset.value;
+        if (!small) {
+          dispatch_bool(has_w, [&](auto has_w_constant) {
+            add_node(
+                cu::rms_norm_fused_vjp_looped<
+                    DataType,
+                    HAS_GH,
+                    has_w_constant.value,
+                    HAS_OFFSET,
+                    N_READS>,
+                w_stride);
+          });
+          return;
         }
+        dispatch_fused_chunks(launch.n_chunks, [&](auto n_chunks) {
+          constexpr int N_CHUNKS = n_chunks.value;
+          if constexpr (N_CHUNKS <= cu::RMS_FUSED_VJP_MAX_CHUNKS) {
+            if constexpr (N_CHUNKS == 1) {
+              if (launch.block_dim == WARP_SIZE) {
+                add_node(
+                    cu::rms_norm_fused_vjp_small<
+                        DataType,
+                        HAS_GH,
+                        HAS_OFFSET,
+                        N_CHUNKS,
+                        N_READS,
+                        WARP_SIZE>);
+                return;
+              }
+            }
+            add_node(
+                cu::rms_norm_fused_vjp_small<
+                    DataType,
+                    HAS_GH,
+                    HAS_OFFSET,
+                    N_CHUNKS,
+                    N_READS>);
+          }
+        });
       });
     });
 
