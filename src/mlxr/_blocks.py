@@ -1,14 +1,14 @@
-"""The fused pre-norm decoder stack, shared by every supported family.
+"""The fused decoder stacks, one runner per block shape, each ending in the final norm.
 
-A stock mlx-lm pre-norm block computes
+Every runner takes the stream `h` entering the first layer and returns `(y, h)`: the final
+norm of the stream after the last layer, and that stream. Each branch output is held until
+the next norm, so that its residual add goes into that norm's fused call; the stream `h`
+is the fused op's output, as the stock adds round it.
 
-    h = h + attn(input_layernorm(h));  h = h + mlp(post_attention_layernorm(h))
-
-and the model ends with `norm(h)`. Here each residual add goes into the next norm's fused
-call: a layer's input norm takes the previous layer's MLP output, its post-attention norm
-takes its own attention output, and the final norm takes the last MLP output. Only the first
-layer's input norm has no add to fuse, so it is the plain form. The stream `h` is the fused
-op's second output, bit-identical to the stock `h + branch`.
+- `pre_norm` (llama, mistral, qwen2, qwen3): `h = h + attn(input_layernorm(h));
+  h = h + mlp(post_attention_layernorm(h))`, then `norm(h)`. A layer's input norm takes the
+  previous MLP output, its post-attention norm its own attention output, the final norm the
+  last MLP output; layer 0's input norm is the plain form. `2L + 1` calls.
 """
 
 from __future__ import annotations
@@ -19,41 +19,27 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from ._ops import Fused
 
-def norm(x: mx.array, module: nn.Module, residual: mx.array | None = None) -> Any:
-    """`module(x)`, or `module(x + residual)` and the sum, in one fused call. The weight and
-    eps are read from the module at every call, so loaded or updated weights are used."""
-    if residual is None:
-        return mx.fast.rmsnorm_fused(x, module["weight"], module.eps)
-    return mx.fast.rmsnorm_fused(x, module["weight"], module.eps, residual=residual)
+Result = tuple[mx.array, mx.array]
 
 
-def run_layers(
+def pre_norm(
+    op: Fused,
     layers: Sequence[nn.Module],
     h: mx.array,
     masks: Sequence[Any],
     caches: Sequence[Any],
-    branch: mx.array | None = None,
-) -> tuple[mx.array | None, mx.array]:
-    """Run pre-norm decoder layers on the stream `h`, leaving the last branch unadded.
-
-    Returns `(branch, h)`: the stream after the layers is `h + branch` (`h` alone when
-    `branch` is None, i.e. when there were no layers), for the caller to fuse into its norm.
-    """
+    final_norm: nn.Module,
+) -> Result:
+    branch: mx.array | None = None  # the last MLP output, not yet added to h
     for layer, mask, cache in zip(layers, masks, caches, strict=False):
         if branch is None:
-            x = norm(h, layer.input_layernorm)
+            x = op.norm(h, layer.input_layernorm)
         else:
-            x, h = norm(branch, layer.input_layernorm, h)
-        x, h = norm(layer.self_attn(x, mask, cache), layer.post_attention_layernorm, h)
+            x, h = op.pre(branch, layer.input_layernorm, h)
+        x, h = op.pre(layer.self_attn(x, mask, cache), layer.post_attention_layernorm, h)
         branch = layer.mlp(x)
-    return branch, h
-
-
-def finish(
-    branch: mx.array | None, h: mx.array, final_norm: nn.Module
-) -> tuple[mx.array, mx.array]:
-    """The final norm of `h + branch`, and that sum: `(y, h)`."""
     if branch is None:
-        return norm(h, final_norm), h
-    return norm(branch, final_norm, h)
+        return op.norm(h, final_norm), h
+    return op.pre(branch, final_norm, h)

@@ -2,18 +2,20 @@
 
 Each mirrors the stock `__call__` of mlx-lm 0.32.2 line for line (embeddings, the attention
 masks from mlx-lm's own `create_attention_mask`, the KV caches, sliding windows, pipeline
-stages) and differs only in running the layers and the final norm through `_blocks`.
+stages) and differs only in running the layers and the final norm through the family's
+`Blocks` (`_registry`), which `fuse` puts on the fused class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
 
-from ._blocks import finish, norm, run_layers
+from ._registry import Blocks
 
 
 def _start(
@@ -26,6 +28,22 @@ def _start(
     """The stream entering the first layer, and a cache entry for every layer."""
     h = model.embed_tokens(inputs) if input_embeddings is None else input_embeddings
     return h, [None] * len(layers) if cache is None else cache
+
+
+def _blocks(model: nn.Module) -> Blocks:
+    blocks: Blocks = type(model)._mlxr_blocks
+    return blocks
+
+
+def _run(
+    model: nn.Module,
+    layers: list[nn.Module],
+    h: mx.array,
+    masks: Sequence[Any],
+    cache: list[Any],
+) -> tuple[mx.array, mx.array]:
+    """The fused layers and final norm: `(y, h)`."""
+    return _blocks(model).run(layers, h, masks, cache, model.norm)
 
 
 def llama_call(
@@ -41,8 +59,7 @@ def llama_call(
     if self.swa_idx is not None:
         swa_mask = create_attention_mask(h, cache[self.swa_idx], window_size=self.sliding_window)
     masks = [swa_mask if layer.use_sliding else fa_mask for layer in self.layers]
-    branch, h = run_layers(self.layers, h, masks, cache)
-    return finish(branch, h, self.norm)[0]
+    return _run(self, self.layers, h, masks, cache)[0]
 
 
 def qwen3_call(
@@ -54,8 +71,7 @@ def qwen3_call(
     """`Qwen3Model.__call__`: one causal mask for every layer."""
     h, cache = _start(self, inputs, input_embeddings, cache, self.layers)
     mask = create_attention_mask(h, cache[0])
-    branch, h = run_layers(self.layers, h, [mask] * len(self.layers), cache)
-    return finish(branch, h, self.norm)[0]
+    return _run(self, self.layers, h, [mask] * len(self.layers), cache)[0]
 
 
 def qwen2_call(
@@ -67,8 +83,8 @@ def qwen2_call(
     """`Qwen2Model.__call__`, including its pipeline stages (`PipelineMixin`).
 
     A pipeline stage hands the full stream to the next stage, so there the last MLP add is
-    taken out of the final norm's fused call, and the norm of the gathered stream is a plain
-    `rmsnorm_fused` after the exchange, as in the stock model.
+    fused with a final norm whose output is dropped, and the norm of the gathered stream is
+    a plain `rmsnorm_fused` after the exchange, as in the stock model.
     """
     rank, size = self.pipeline_rank, self.pipeline_size
     layers = self.pipeline_layers
@@ -78,14 +94,13 @@ def qwen2_call(
     if rank < size - 1:
         h = mx.distributed.recv_like(h, rank + 1)
 
-    branch, h = run_layers(layers, h, [mask] * len(layers), cache)
+    y, h = _run(self, layers, h, [mask] * len(layers), cache)
     if size == 1:
-        return finish(branch, h, self.norm)[0]
+        return y
 
-    h = finish(branch, h, self.norm)[1]
     if rank != 0:
         h = mx.distributed.send(h, (rank - 1) % size)
         if cache[-1] is not None:
             cache[-1].keys = mx.depends(cache[-1].keys, h)
     h = mx.distributed.all_gather(h)[: h.shape[0]]
-    return norm(h, self.norm)
+    return _blocks(self).op.norm(h, self.norm)

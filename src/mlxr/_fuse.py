@@ -8,30 +8,30 @@ all see the same modules as before, and mlx-lm's source is not edited.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ._registry import family_of
+from ._registry import Blocks, Family, family_of
 
 M = TypeVar("M", bound=nn.Module)
 
-_FUSED_CLASSES: dict[tuple[type, Callable[..., Any]], type] = {}
+_FUSED_CLASSES: dict[tuple[type, Family], type] = {}
 
 
-def _fused_class(cls: type, forward: Callable[..., Any]) -> type:
-    key = (cls, forward)
+def _fused_class(cls: type, family: Family) -> type:
+    key = (cls, family)
     if key not in _FUSED_CLASSES:
         _FUSED_CLASSES[key] = type(
             f"Fused{cls.__name__}",
             (cls,),
             {
-                "__call__": forward,
+                "__call__": family.forward_function(),
                 "__doc__": f"{cls.__name__} with mlxr's fused residual-add + RMS norm forward.",
                 "__module__": __name__,
                 "_mlxr_fused": True,
+                "_mlxr_blocks": family.blocks,
             },
         )
     return _FUSED_CLASSES[key]
@@ -49,24 +49,25 @@ def is_fused(model: nn.Module) -> bool:
     return bool(getattr(type(getattr(model, "model", None)), "_mlxr_fused", False))
 
 
-def _check_structure(model_type: object, inner: nn.Module) -> None:
+def _check_structure(model_type: object, inner: nn.Module, blocks: Blocks) -> None:
     def refuse(what: str) -> ValueError:
         return ValueError(
             f"[mlxr.fuse] model_type '{model_type}' is supported, but {what}; mlxr fuses only "
-            "the stock mlx-lm pre-norm decoder"
+            f"the stock mlx-lm {blocks.description} decoder"
         )
 
-    if not isinstance(getattr(inner, "norm", None), nn.RMSNorm):
-        raise refuse("its final norm is not an nn.RMSNorm")
+    norm_type = blocks.norm_type()
+    if not isinstance(getattr(inner, "norm", None), norm_type):
+        raise refuse(f"its final norm is not an {blocks.norm_class}")
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, list):
         raise refuse("its inner model has no list of layers")
     for i, layer in enumerate(layers):
         if layer is None:  # a layer another pipeline stage runs
             continue
-        for name in ("input_layernorm", "post_attention_layernorm"):
-            if not isinstance(getattr(layer, name, None), nn.RMSNorm):
-                raise refuse(f"layer {i}'s {name} is not an nn.RMSNorm")
+        for name in blocks.norms:
+            if not isinstance(getattr(layer, name, None), norm_type):
+                raise refuse(f"layer {i}'s {name} is not an {blocks.norm_class}")
         for name in ("self_attn", "mlp"):
             if not callable(getattr(layer, name, None)):
                 raise refuse(f"layer {i} has no {name}")
@@ -98,6 +99,6 @@ def fuse(model: M) -> M:
             f"{cls.__module__}.{cls.__qualname__}, not the {family.module} model that mlxr's "
             "forward mirrors"
         )
-    _check_structure(model_type, inner)
-    inner.__class__ = _fused_class(cls, family.forward_function())
+    _check_structure(model_type, inner, family.blocks)
+    inner.__class__ = _fused_class(cls, family)
     return model

@@ -2,9 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ._ops import Fused
+
+_DESCRIPTIONS = {"pre_norm": "pre-norm", "post_norm": "post-norm", "sandwich": "sandwich-norm"}
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A family's decoder blocks: which runner of `mlxr._blocks` fuses them, the names of
+    each layer's norms, the class those norms and the final norm (`.norm`) must be
+    (`module.Class`, imported when checked), and the fused calls' weight offset and clip."""
+
+    runner: str
+    norms: tuple[str, ...]
+    norm_class: str = "mlx.nn.RMSNorm"
+    op: Fused = field(default_factory=Fused)
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self.runner]
+
+    def norm_type(self) -> type:
+        module, name = self.norm_class.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
+
+    def run(
+        self,
+        layers: Sequence[nn.Module],
+        h: mx.array,
+        masks: Sequence[Any],
+        caches: Sequence[Any],
+        final_norm: nn.Module,
+    ) -> tuple[mx.array, mx.array]:
+        """The layers on the stream `h`, then the final norm: `(y, h)` (see `_blocks`)."""
+        from . import _blocks
+
+        return getattr(_blocks, self.runner)(self.op, layers, h, masks, caches, final_norm)
 
 
 @dataclass(frozen=True)
@@ -12,12 +53,14 @@ class Family:
     """How to fuse one `model_type`.
 
     `module` is the mlx-lm module whose inner model (`model.model`) the forward was written
-    for; `forward` names the function in `mlxr._forwards` that replaces its `__call__`. The
-    forward is looked up lazily so that importing mlxr needs no mlx-lm.
+    for; `forward` names the function in `mlxr._forwards` that replaces its `__call__`, and
+    `blocks` says how its layers are fused. The forward and the norm class are looked up
+    lazily so that importing mlxr needs no mlx-lm.
     """
 
     module: str
     forward: str
+    blocks: Blocks
 
     def forward_function(self) -> Callable[..., Any]:
         from . import _forwards
@@ -25,12 +68,14 @@ class Family:
         return getattr(_forwards, self.forward)
 
 
+PRE_NORM = Blocks("pre_norm", ("input_layernorm", "post_attention_layernorm"))
+
 # mlx-lm 0.32.2 loads "mistral" with its llama module (MODEL_REMAPPING).
 FAMILIES: dict[str, Family] = {
-    "llama": Family("mlx_lm.models.llama", "llama_call"),
-    "mistral": Family("mlx_lm.models.llama", "llama_call"),
-    "qwen2": Family("mlx_lm.models.qwen2", "qwen2_call"),
-    "qwen3": Family("mlx_lm.models.qwen3", "qwen3_call"),
+    "llama": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),
+    "mistral": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),
+    "qwen2": Family("mlx_lm.models.qwen2", "qwen2_call", PRE_NORM),
+    "qwen3": Family("mlx_lm.models.qwen3", "qwen3_call", PRE_NORM),
 }
 
 

@@ -298,7 +298,9 @@ def test_mislabelled_architecture_refused() -> None:
 
     stock = random_stock("llama")
     stock.model.layers[1].post_attention_layernorm = nn.LayerNorm(COMMON["hidden_size"])
-    with pytest.raises(ValueError, match="layer 1's post_attention_layernorm is not an nn.RMSNorm"):
+    with pytest.raises(
+        ValueError, match="layer 1's post_attention_layernorm is not an mlx.nn.RMSNorm"
+    ):
         mlxr.fuse(stock)
 
 
