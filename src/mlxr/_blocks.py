@@ -9,6 +9,11 @@ is the fused op's output, as the stock adds round it.
   h = h + mlp(post_attention_layernorm(h))`, then `norm(h)`. A layer's input norm takes the
   previous MLP output, its post-attention norm its own attention output, the final norm the
   last MLP output; layer 0's input norm is the plain form. `2L + 1` calls.
+- `post_norm` (olmo2): `h = h + post_attention_layernorm(attn(h));
+  h = h + post_feedforward_layernorm(mlp(h))`, then `norm(h)`. Each add is a post-norm call,
+  except the last layer's MLP add, which is one sandwich call with the final norm. `2L` calls.
+
+Where a sandwich's two norms have different eps, it is two calls (`Fused.sandwich`).
 """
 
 from __future__ import annotations
@@ -43,3 +48,22 @@ def pre_norm(
     if branch is None:
         return op.norm(h, final_norm), h
     return op.pre(branch, final_norm, h)
+
+
+def post_norm(
+    op: Fused,
+    layers: Sequence[nn.Module],
+    h: mx.array,
+    masks: Sequence[Any],
+    caches: Sequence[Any],
+    final_norm: nn.Module,
+) -> Result:
+    pending: tuple[mx.array, nn.Module] | None = None  # the last MLP output and its norm
+    for layer, mask, cache in zip(layers, masks, caches, strict=False):
+        if pending is not None:
+            h = op.post(*pending, h)
+        h = op.post(layer.self_attn(h, mask, cache), layer.post_attention_layernorm, h)
+        pending = (layer.mlp(h), layer.post_feedforward_layernorm)
+    if pending is None:
+        return op.norm(h, final_norm), h
+    return op.sandwich(*pending, final_norm, h)

@@ -104,3 +104,13 @@ def qwen2_call(
             cache[-1].keys = mx.depends(cache[-1].keys, h)
     h = mx.distributed.all_gather(h)[: h.shape[0]]
     return _blocks(self).op.norm(h, self.norm)
+
+
+def olmo2_call(self: nn.Module, inputs: mx.array, cache: list[Any] | None = None) -> mx.array:
+    """`olmo2.LlamaModel.__call__`: post-norm layers, one causal mask."""
+    h = self.embed_tokens(inputs)
+
+    if cache is None:
+        cache = [None] * len(self.layers)
+    mask = create_attention_mask(h, cache[0])
+    return _run(self, self.layers, h, [mask] * len(self.layers), cache)[0]

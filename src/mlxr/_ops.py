@@ -37,3 +37,35 @@ class Fused:
             weight_offset=self.weight_offset,
             clip_residual=self.clip_residual,
         )
+
+    def post(self, x: mx.array, module: nn.Module, residual: mx.array) -> mx.array:
+        """Post-norm: `residual + module(x)`."""
+        return mx.fast.rmsnorm_fused(
+            x,
+            module["weight"],
+            module.eps,
+            residual=residual,
+            post_norm=True,
+            weight_offset=self.weight_offset,
+            clip_residual=self.clip_residual,
+        )
+
+    def sandwich(
+        self, x: mx.array, branch: nn.Module, module: nn.Module, residual: mx.array
+    ) -> tuple[mx.array, mx.array]:
+        """Sandwich: `h = residual + branch(x)` and `module(h)`, as `(y, h)`.
+
+        The op takes one eps for both norms; where the two modules' eps differ, this is a
+        post-norm call and a plain one."""
+        if branch.eps != module.eps:
+            h = self.post(x, branch, residual)
+            return self.norm(h, module), h
+        return mx.fast.rmsnorm_fused(
+            x,
+            module["weight"],
+            module.eps,
+            residual=residual,
+            branch_weight=branch["weight"],
+            weight_offset=self.weight_offset,
+            clip_residual=self.clip_residual,
+        )

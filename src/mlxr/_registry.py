@@ -69,11 +69,13 @@ class Family:
 
 
 PRE_NORM = Blocks("pre_norm", ("input_layernorm", "post_attention_layernorm"))
+POST_NORM = Blocks("post_norm", ("post_attention_layernorm", "post_feedforward_layernorm"))
 
 # mlx-lm 0.32.2 loads "mistral" with its llama module (MODEL_REMAPPING).
 FAMILIES: dict[str, Family] = {
     "llama": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),
     "mistral": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),
+    "olmo2": Family("mlx_lm.models.olmo2", "olmo2_call", POST_NORM),
     "qwen2": Family("mlx_lm.models.qwen2", "qwen2_call", PRE_NORM),
     "qwen3": Family("mlx_lm.models.qwen3", "qwen3_call", PRE_NORM),
 }

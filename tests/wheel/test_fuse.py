@@ -22,6 +22,7 @@ pytestmark = pytest.mark.vendor
 llama = pytest.importorskip("mlx_lm.models.llama")
 qwen2 = pytest.importorskip("mlx_lm.models.qwen2")
 qwen3 = pytest.importorskip("mlx_lm.models.qwen3")
+olmo2 = pytest.importorskip("mlx_lm.models.olmo2")
 gemma = pytest.importorskip("mlx_lm.models.gemma")
 make_prompt_cache = pytest.importorskip("mlx_lm.models.cache").make_prompt_cache
 generate_step = pytest.importorskip("mlx_lm.generate").generate_step
@@ -80,7 +81,29 @@ FAMILIES: dict[str, tuple[Any, Any]] = {
             **COMMON,
         ),
     ),
+    "olmo2": (olmo2, olmo2.ModelArgs(model_type="olmo2", **COMMON)),
 }
+# By model_type, for LAYERS layers: the stock norms between blocks (the final norm included),
+# and the fused calls that replace them: (norms, plain/pre-norm/post-norm calls, sandwich calls).
+# A sandwich call covers two norms; where their eps differ it is two calls, so with every eps
+# distinct every norm is a call of its own.
+PRE_NORM = (2 * LAYERS + 1, 2 * LAYERS + 1, 0)
+BLOCK_NORMS: dict[str, tuple[int, int, int]] = {
+    "llama": PRE_NORM,
+    "mistral": PRE_NORM,
+    "qwen2": PRE_NORM,
+    "qwen3": PRE_NORM,
+    # Post-norm: two adds a layer, the last one fused with the final norm.
+    "olmo2": (2 * LAYERS + 1, 2 * LAYERS - 1, 1),
+}
+
+
+def block_norms(family: str) -> tuple[int, int]:
+    """The stock norms between blocks, and the fused calls that replace them."""
+    norms, single, sandwiches = BLOCK_NORMS[FAMILIES[family][1].model_type]
+    return norms, single + sandwiches
+
+
 TOKENS = mx.array([[3, 17, 99, 42, 5, 64, 0, 127, 8, 33, 71, 12], list(range(12))])
 
 
@@ -124,7 +147,8 @@ def pair(family: str) -> tuple[nn.Module, nn.Module]:
 
 
 def test_supported_architectures() -> None:
-    assert mlxr.supported_architectures() == ["llama", "mistral", "qwen2", "qwen3"]
+    assert mlxr.supported_architectures() == ["llama", "mistral", "olmo2", "qwen2", "qwen3"]
+    assert sorted(BLOCK_NORMS) == mlxr.supported_architectures()
 
 
 def test_logits_match_stock(pair: tuple[nn.Module, nn.Module]) -> None:
@@ -220,17 +244,21 @@ def primitives(tmp_path: Path, out: mx.array, name: str) -> list[str]:
 
 
 def test_no_standalone_add_or_norm_between_blocks(
-    pair: tuple[nn.Module, nn.Module], counts: dict[str, int], tmp_path: Path
+    family: str,
+    pair: tuple[nn.Module, nn.Module],
+    counts: dict[str, int],
+    tmp_path: Path,
 ) -> None:
     stock, fused = pair
+    norms, calls = block_norms(family)
     stock_out = stock(TOKENS)
     stock_norms = counts["rms_norm"]
-    # Qwen3 normalises queries and keys inside attention; those stay as they are.
-    assert stock_norms >= 2 * LAYERS + 1 and counts["rmsnorm_fused"] == 0
+    # Qwen3 and OLMo 2 normalise queries and keys inside attention; those stay as they are.
+    assert stock_norms >= norms and counts["rmsnorm_fused"] == 0
     counts["rms_norm"] = 0
     fused_out = fused(TOKENS)
-    assert counts["rmsnorm_fused"] == 2 * LAYERS + 1
-    assert counts["rms_norm"] == stock_norms - (2 * LAYERS + 1)
+    assert counts["rmsnorm_fused"] == calls
+    assert counts["rms_norm"] == stock_norms - norms
 
     # In the graph: 2 residual adds per layer are gone. A device whose rms_norm is a
     # composition of primitives (the CPU) shows an Add for its eps in every rms_norm too.
@@ -238,12 +266,14 @@ def test_no_standalone_add_or_norm_between_blocks(
     per_norm = primitives(tmp_path, mx.fast.rms_norm(x, x[0, 0], 1e-5), "norm").count("Add")
     stock_graph = primitives(tmp_path, stock_out, "stock")
     fused_graph = primitives(tmp_path, fused_out, "fused")
-    assert fused_graph.count("RMSNormFused") == 2 * LAYERS + 1
+    assert fused_graph.count("RMSNormFused") == calls
     removed = stock_graph.count("Add") - fused_graph.count("Add")
-    assert removed == 2 * LAYERS + (2 * LAYERS + 1) * per_norm
+    assert removed == 2 * LAYERS + norms * per_norm
 
 
-def test_fuse_is_idempotent(pair: tuple[nn.Module, nn.Module], counts: dict[str, int]) -> None:
+def test_fuse_is_idempotent(
+    family: str, pair: tuple[nn.Module, nn.Module], counts: dict[str, int]
+) -> None:
     _, fused = pair
     once = fused(TOKENS)
     cls = type(fused.model)
@@ -251,17 +281,22 @@ def test_fuse_is_idempotent(pair: tuple[nn.Module, nn.Module], counts: dict[str,
     assert type(fused.model) is cls
     counts["rmsnorm_fused"] = 0
     assert mx.array_equal(fused(TOKENS), once)
-    assert counts["rmsnorm_fused"] == 2 * LAYERS + 1
+    assert counts["rmsnorm_fused"] == block_norms(family)[1]
 
 
-def test_uses_the_models_own_norm_weights_and_eps(family: str) -> None:
+def test_uses_the_models_own_norm_weights_and_eps(family: str, counts: dict[str, int]) -> None:
     stock = random_stock(family)
     fused = fused_twin(family, stock)
     for model in (stock, fused):
-        norms = [m for _, m in model.model.named_modules() if isinstance(m, nn.RMSNorm)]
+        norm_type = type(model.model.norm)  # the family's own norm class
+        norms = [m for _, m in model.model.named_modules() if isinstance(m, norm_type)]
         for i, m in enumerate(norms):
             m.eps = 0.05 * (i + 1)  # large against the mean square, so eps shows
     assert rel_err(fused(TOKENS), stock(TOKENS)) <= 1e-5
+    # No two norms share an eps, so no sandwich call: every norm between blocks is a call.
+    counts["rmsnorm_fused"] = 0
+    fused(TOKENS)
+    assert counts["rmsnorm_fused"] == block_norms(family)[0]
     # And weights updated after fusing: scaling the final norm's weight moves the logits.
     before = fused(TOKENS)
     for model in (stock, fused):
@@ -270,7 +305,9 @@ def test_uses_the_models_own_norm_weights_and_eps(family: str) -> None:
     assert rel_err(fused(TOKENS), before) > 0.5
 
 
-UNSUPPORTED = "[mlxr.fuse] unsupported architecture '{}'; supported: llama, mistral, qwen2, qwen3"
+UNSUPPORTED = (
+    "[mlxr.fuse] unsupported architecture '{}'; supported: llama, mistral, olmo2, qwen2, qwen3"
+)
 
 
 def test_unknown_architecture_refused() -> None:
@@ -296,12 +333,45 @@ def test_mislabelled_architecture_refused() -> None:
         mlxr.fuse(model)
     assert not mlxr.is_fused(model)
 
-    stock = random_stock("llama")
-    stock.model.layers[1].post_attention_layernorm = nn.LayerNorm(COMMON["hidden_size"])
-    with pytest.raises(
-        ValueError, match="layer 1's post_attention_layernorm is not an mlx.nn.RMSNorm"
-    ):
-        mlxr.fuse(stock)
+
+DIMS = COMMON["hidden_size"]
+REFUSE = (
+    "[mlxr.fuse] model_type '{}' is supported, but {}; mlxr fuses only the stock mlx-lm {} decoder"
+)
+
+
+@pytest.mark.parametrize(
+    ("family", "layer", "name", "foreign", "why"),
+    [
+        (
+            "llama",
+            1,
+            "post_attention_layernorm",
+            nn.LayerNorm(DIMS),
+            "layer 1's post_attention_layernorm is not an mlx.nn.RMSNorm",
+        ),
+        ("olmo2", None, "norm", nn.LayerNorm(DIMS), "its final norm is not an mlx.nn.RMSNorm"),
+        (
+            "olmo2",
+            0,
+            "post_feedforward_layernorm",
+            nn.LayerNorm(DIMS),
+            "layer 0's post_feedforward_layernorm is not an mlx.nn.RMSNorm",
+        ),
+    ],
+)
+def test_foreign_norm_refused(
+    family: str, layer: int | None, name: str, foreign: nn.Module, why: str
+) -> None:
+    """A supported model whose norm between blocks is not its family's own norm class."""
+    model = random_stock(family)
+    owner = model.model if layer is None else model.model.layers[layer]
+    setattr(owner, name, foreign)
+    shape = {"olmo2": "post-norm"}.get(family, "pre-norm")
+    with pytest.raises(ValueError) as err:
+        mlxr.fuse(model)
+    assert str(err.value) == REFUSE.format(family, why, shape)
+    assert not mlxr.is_fused(model)
 
 
 def test_qwen2_pipeline_stages(monkeypatch: pytest.MonkeyPatch) -> None:
