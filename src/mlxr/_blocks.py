@@ -12,6 +12,11 @@ is the fused op's output, as the stock adds round it.
 - `post_norm` (olmo2): `h = h + post_attention_layernorm(attn(h));
   h = h + post_feedforward_layernorm(mlp(h))`, then `norm(h)`. Each add is a post-norm call,
   except the last layer's MLP add, which is one sandwich call with the final norm. `2L` calls.
+- `sandwich` (gemma2, gemma3_text): `h = h + post_attention_layernorm(attn(input_layernorm(h)));
+  h = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))`, then `norm(h)`.
+  Layer 0's input norm is the plain form; then each add is a sandwich call with the next
+  norm: `pre_feedforward_layernorm`, the next layer's `input_layernorm` or the final norm.
+  `2L + 1` calls.
 
 Where a sandwich's two norms have different eps, it is two calls (`Fused.sandwich`).
 """
@@ -64,6 +69,28 @@ def post_norm(
             h = op.post(*pending, h)
         h = op.post(layer.self_attn(h, mask, cache), layer.post_attention_layernorm, h)
         pending = (layer.mlp(h), layer.post_feedforward_layernorm)
+    if pending is None:
+        return op.norm(h, final_norm), h
+    return op.sandwich(*pending, final_norm, h)
+
+
+def sandwich(
+    op: Fused,
+    layers: Sequence[nn.Module],
+    h: mx.array,
+    masks: Sequence[Any],
+    caches: Sequence[Any],
+    final_norm: nn.Module,
+) -> Result:
+    pending: tuple[mx.array, nn.Module] | None = None  # the last MLP output and its norm
+    for layer, mask, cache in zip(layers, masks, caches, strict=False):
+        if pending is None:
+            x = op.norm(h, layer.input_layernorm)
+        else:
+            x, h = op.sandwich(*pending, layer.input_layernorm, h)
+        r = layer.self_attn(x, mask, cache)
+        x, h = op.sandwich(r, layer.post_attention_layernorm, layer.pre_feedforward_layernorm, h)
+        pending = (layer.mlp(x), layer.post_feedforward_layernorm)
     if pending is None:
         return op.norm(h, final_norm), h
     return op.sandwich(*pending, final_norm, h)

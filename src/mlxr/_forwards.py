@@ -1,9 +1,9 @@
 """The fused forward of each supported family's inner model (`model.model`).
 
-Each mirrors the stock `__call__` of mlx-lm 0.32.2 line for line (embeddings, the attention
-masks from mlx-lm's own `create_attention_mask`, the KV caches, sliding windows, pipeline
-stages) and differs only in running the layers and the final norm through the family's
-`Blocks` (`_registry`), which `fuse` puts on the fused class.
+Each mirrors the stock `__call__` of mlx-lm 0.32.2 line for line (embeddings and their
+scaling, the attention masks from mlx-lm's own `create_attention_mask`, the KV caches,
+sliding windows, pipeline stages) and differs only in running the layers and the final norm
+through the family's `Blocks` (`_registry`), which `fuse` puts on the fused class.
 """
 
 from __future__ import annotations
@@ -113,4 +113,16 @@ def olmo2_call(self: nn.Module, inputs: mx.array, cache: list[Any] | None = None
     if cache is None:
         cache = [None] * len(self.layers)
     mask = create_attention_mask(h, cache[0])
+    return _run(self, self.layers, h, [mask] * len(self.layers), cache)[0]
+
+
+def gemma2_call(self: nn.Module, inputs: mx.array, cache: list[Any] | None = None) -> mx.array:
+    """`gemma2.GemmaModel.__call__`: scaled embeddings, one causal mask as an array."""
+    h = self.embed_tokens(inputs)
+    h = h * (self.args.hidden_size**0.5)
+
+    if cache is None:
+        cache = [None] * len(self.layers)
+
+    mask = create_attention_mask(h, cache[0], return_array=True)
     return _run(self, self.layers, h, [mask] * len(self.layers), cache)[0]

@@ -70,9 +70,21 @@ class Family:
 
 PRE_NORM = Blocks("pre_norm", ("input_layernorm", "post_attention_layernorm"))
 POST_NORM = Blocks("post_norm", ("post_attention_layernorm", "post_feedforward_layernorm"))
+_GEMMA_NORMS = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
 
-# mlx-lm 0.32.2 loads "mistral" with its llama module (MODEL_REMAPPING).
+# mlx-lm 0.32.2 loads "mistral" with its llama module (MODEL_REMAPPING). Gemma's norms are
+# their module's own RMSNorm, `rms_norm(x, 1.0 + weight)`.
 FAMILIES: dict[str, Family] = {
+    "gemma2": Family(
+        "mlx_lm.models.gemma2",
+        "gemma2_call",
+        Blocks("sandwich", _GEMMA_NORMS, "mlx_lm.models.gemma2.RMSNorm", Fused(weight_offset=1.0)),
+    ),
     "llama": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),
     "mistral": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),
     "olmo2": Family("mlx_lm.models.olmo2", "olmo2_call", POST_NORM),

@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,6 +23,7 @@ llama = pytest.importorskip("mlx_lm.models.llama")
 qwen2 = pytest.importorskip("mlx_lm.models.qwen2")
 qwen3 = pytest.importorskip("mlx_lm.models.qwen3")
 olmo2 = pytest.importorskip("mlx_lm.models.olmo2")
+gemma2 = pytest.importorskip("mlx_lm.models.gemma2")
 gemma = pytest.importorskip("mlx_lm.models.gemma")
 make_prompt_cache = pytest.importorskip("mlx_lm.models.cache").make_prompt_cache
 generate_step = pytest.importorskip("mlx_lm.generate").generate_step
@@ -82,26 +83,41 @@ FAMILIES: dict[str, tuple[Any, Any]] = {
         ),
     ),
     "olmo2": (olmo2, olmo2.ModelArgs(model_type="olmo2", **COMMON)),
+    "gemma2": (gemma2, gemma2.ModelArgs(model_type="gemma2", head_dim=16, **COMMON)),
 }
-# By model_type, for LAYERS layers: the stock norms between blocks (the final norm included),
-# and the fused calls that replace them: (norms, plain/pre-norm/post-norm calls, sandwich calls).
-# A sandwich call covers two norms; where their eps differ it is two calls, so with every eps
-# distinct every norm is a call of its own.
-PRE_NORM = (2 * LAYERS + 1, 2 * LAYERS + 1, 0)
-BLOCK_NORMS: dict[str, tuple[int, int, int]] = {
+
+
+class BlockNorms(NamedTuple):
+    """For LAYERS layers of a model_type: the stock norms between blocks (the final norm
+    included), and the fused calls that replace them. A sandwich call covers two norms;
+    where their eps differ it is two calls, so with every eps distinct every norm is a call
+    of its own. `offset`: each stock norm adds 1 to its weight (one more Add node)."""
+
+    norms: int
+    single: int  # plain, pre-norm and post-norm calls
+    sandwiches: int
+    offset: bool = False
+
+    @property
+    def calls(self) -> int:
+        return self.single + self.sandwiches
+
+
+PRE_NORM = BlockNorms(2 * LAYERS + 1, 2 * LAYERS + 1, 0)
+BLOCK_NORMS: dict[str, BlockNorms] = {
     "llama": PRE_NORM,
     "mistral": PRE_NORM,
     "qwen2": PRE_NORM,
     "qwen3": PRE_NORM,
     # Post-norm: two adds a layer, the last one fused with the final norm.
-    "olmo2": (2 * LAYERS + 1, 2 * LAYERS - 1, 1),
+    "olmo2": BlockNorms(2 * LAYERS + 1, 2 * LAYERS - 1, 1),
+    # Sandwich: four norms a layer; layer 0's input norm plain, then two sandwiches a layer.
+    "gemma2": BlockNorms(4 * LAYERS + 1, 1, 2 * LAYERS, offset=True),
 }
 
 
-def block_norms(family: str) -> tuple[int, int]:
-    """The stock norms between blocks, and the fused calls that replace them."""
-    norms, single, sandwiches = BLOCK_NORMS[FAMILIES[family][1].model_type]
-    return norms, single + sandwiches
+def block_norms(family: str) -> BlockNorms:
+    return BLOCK_NORMS[FAMILIES[family][1].model_type]
 
 
 TOKENS = mx.array([[3, 17, 99, 42, 5, 64, 0, 127, 8, 33, 71, 12], list(range(12))])
@@ -147,7 +163,14 @@ def pair(family: str) -> tuple[nn.Module, nn.Module]:
 
 
 def test_supported_architectures() -> None:
-    assert mlxr.supported_architectures() == ["llama", "mistral", "olmo2", "qwen2", "qwen3"]
+    assert mlxr.supported_architectures() == [
+        "gemma2",
+        "llama",
+        "mistral",
+        "olmo2",
+        "qwen2",
+        "qwen3",
+    ]
     assert sorted(BLOCK_NORMS) == mlxr.supported_architectures()
 
 
@@ -250,7 +273,8 @@ def test_no_standalone_add_or_norm_between_blocks(
     tmp_path: Path,
 ) -> None:
     stock, fused = pair
-    norms, calls = block_norms(family)
+    expect = block_norms(family)
+    norms, calls = expect.norms, expect.calls
     stock_out = stock(TOKENS)
     stock_norms = counts["rms_norm"]
     # Qwen3 and OLMo 2 normalise queries and keys inside attention; those stay as they are.
@@ -260,15 +284,16 @@ def test_no_standalone_add_or_norm_between_blocks(
     assert counts["rmsnorm_fused"] == calls
     assert counts["rms_norm"] == stock_norms - norms
 
-    # In the graph: 2 residual adds per layer are gone. A device whose rms_norm is a
-    # composition of primitives (the CPU) shows an Add for its eps in every rms_norm too.
+    # In the graph: 2 residual adds per layer are gone, and Gemma's `1.0 + weight` in every
+    # norm. A device whose rms_norm is a composition of primitives (the CPU) shows an Add for
+    # its eps in every rms_norm too.
     x = mx.ones((1, 4, COMMON["hidden_size"]))
     per_norm = primitives(tmp_path, mx.fast.rms_norm(x, x[0, 0], 1e-5), "norm").count("Add")
     stock_graph = primitives(tmp_path, stock_out, "stock")
     fused_graph = primitives(tmp_path, fused_out, "fused")
     assert fused_graph.count("RMSNormFused") == calls
     removed = stock_graph.count("Add") - fused_graph.count("Add")
-    assert removed == 2 * LAYERS + norms * per_norm
+    assert removed == 2 * LAYERS + norms * (per_norm + expect.offset)
 
 
 def test_fuse_is_idempotent(
@@ -281,7 +306,7 @@ def test_fuse_is_idempotent(
     assert type(fused.model) is cls
     counts["rmsnorm_fused"] = 0
     assert mx.array_equal(fused(TOKENS), once)
-    assert counts["rmsnorm_fused"] == block_norms(family)[1]
+    assert counts["rmsnorm_fused"] == block_norms(family).calls
 
 
 def test_uses_the_models_own_norm_weights_and_eps(family: str, counts: dict[str, int]) -> None:
@@ -296,17 +321,19 @@ def test_uses_the_models_own_norm_weights_and_eps(family: str, counts: dict[str,
     # No two norms share an eps, so no sandwich call: every norm between blocks is a call.
     counts["rmsnorm_fused"] = 0
     fused(TOKENS)
-    assert counts["rmsnorm_fused"] == block_norms(family)[0]
-    # And weights updated after fusing: scaling the final norm's weight moves the logits.
+    assert counts["rmsnorm_fused"] == block_norms(family).norms
+    # And weights updated after fusing: adding 1 to the final norm's weight, which about
+    # doubles its scale (w near 1, or 1 + w with w near 0), moves the logits.
     before = fused(TOKENS)
     for model in (stock, fused):
-        model.model.norm.weight = model.model.norm.weight * 2
+        model.model.norm.weight = model.model.norm.weight + 1
     assert rel_err(fused(TOKENS), stock(TOKENS)) <= 1e-5
-    assert rel_err(fused(TOKENS), before) > 0.5
+    assert rel_err(fused(TOKENS), before) > 0.2  # Gemma 2 softcaps its logits
 
 
 UNSUPPORTED = (
-    "[mlxr.fuse] unsupported architecture '{}'; supported: llama, mistral, olmo2, qwen2, qwen3"
+    "[mlxr.fuse] unsupported architecture '{}'; "
+    "supported: gemma2, llama, mistral, olmo2, qwen2, qwen3"
 )
 
 
@@ -358,6 +385,27 @@ REFUSE = (
             nn.LayerNorm(DIMS),
             "layer 0's post_feedforward_layernorm is not an mlx.nn.RMSNorm",
         ),
+        (
+            "olmo2",
+            1,
+            "post_attention_layernorm",
+            gemma2.RMSNorm(DIMS),
+            "layer 1's post_attention_layernorm is not an mlx.nn.RMSNorm",
+        ),
+        (
+            "gemma2",
+            1,
+            "pre_feedforward_layernorm",
+            nn.RMSNorm(DIMS),
+            "layer 1's pre_feedforward_layernorm is not an mlx_lm.models.gemma2.RMSNorm",
+        ),
+        (
+            "gemma2",
+            None,
+            "norm",
+            nn.RMSNorm(DIMS),
+            "its final norm is not an mlx_lm.models.gemma2.RMSNorm",
+        ),
     ],
 )
 def test_foreign_norm_refused(
@@ -367,7 +415,7 @@ def test_foreign_norm_refused(
     model = random_stock(family)
     owner = model.model if layer is None else model.model.layers[layer]
     setattr(owner, name, foreign)
-    shape = {"olmo2": "post-norm"}.get(family, "pre-norm")
+    shape = {"olmo2": "post-norm", "gemma2": "sandwich-norm"}.get(family, "pre-norm")
     with pytest.raises(ValueError) as err:
         mlxr.fuse(model)
     assert str(err.value) == REFUSE.format(family, why, shape)
