@@ -126,3 +126,26 @@ def gemma2_call(self: nn.Module, inputs: mx.array, cache: list[Any] | None = Non
 
     mask = create_attention_mask(h, cache[0], return_array=True)
     return _run(self, self.layers, h, [mask] * len(self.layers), cache)[0]
+
+
+def gemma3_text_call(
+    self: nn.Module,
+    inputs: mx.array,
+    cache: list[Any] | None = None,
+    input_embeddings: mx.array | None = None,
+) -> mx.array:
+    """`Gemma3Model.__call__`: scaled embeddings (in place, as stock scales them), and a
+    global layer every `sliding_window_pattern` layers, the others sliding-window."""
+    h, cache = _start(self, inputs, input_embeddings, cache, self.layers)
+    h *= mx.array(self.args.hidden_size**0.5, mx.bfloat16).astype(h.dtype)
+
+    pattern = self.sliding_window_pattern
+    global_mask = create_attention_mask(h, cache[pattern - 1])
+    sliding_window_mask = None
+    if pattern > 1:
+        sliding_window_mask = create_attention_mask(h, cache[0], window_size=self.window_size)
+    masks = [
+        global_mask if i % pattern == pattern - 1 else sliding_window_mask
+        for i in range(len(self.layers))
+    ]
+    return _run(self, self.layers, h, masks, cache)[0]

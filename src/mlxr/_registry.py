@@ -78,12 +78,22 @@ _GEMMA_NORMS = (
 )
 
 # mlx-lm 0.32.2 loads "mistral" with its llama module (MODEL_REMAPPING). Gemma's norms are
-# their module's own RMSNorm, `rms_norm(x, 1.0 + weight)`.
+# their module's own RMSNorm, `rms_norm(x, 1.0 + weight)`; Gemma 3 clips its float16 adds.
 FAMILIES: dict[str, Family] = {
     "gemma2": Family(
         "mlx_lm.models.gemma2",
         "gemma2_call",
         Blocks("sandwich", _GEMMA_NORMS, "mlx_lm.models.gemma2.RMSNorm", Fused(weight_offset=1.0)),
+    ),
+    "gemma3_text": Family(
+        "mlx_lm.models.gemma3_text",
+        "gemma3_text_call",
+        Blocks(
+            "sandwich",
+            _GEMMA_NORMS,
+            "mlx_lm.models.gemma3_text.RMSNorm",
+            Fused(weight_offset=1.0, clip_residual=True),
+        ),
     ),
     "llama": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),
     "mistral": Family("mlx_lm.models.llama", "llama_call", PRE_NORM),

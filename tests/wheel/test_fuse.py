@@ -24,6 +24,7 @@ qwen2 = pytest.importorskip("mlx_lm.models.qwen2")
 qwen3 = pytest.importorskip("mlx_lm.models.qwen3")
 olmo2 = pytest.importorskip("mlx_lm.models.olmo2")
 gemma2 = pytest.importorskip("mlx_lm.models.gemma2")
+gemma3_text = pytest.importorskip("mlx_lm.models.gemma3_text")
 gemma = pytest.importorskip("mlx_lm.models.gemma")
 make_prompt_cache = pytest.importorskip("mlx_lm.models.cache").make_prompt_cache
 generate_step = pytest.importorskip("mlx_lm.generate").generate_step
@@ -84,6 +85,19 @@ FAMILIES: dict[str, tuple[Any, Any]] = {
     ),
     "olmo2": (olmo2, olmo2.ModelArgs(model_type="olmo2", **COMMON)),
     "gemma2": (gemma2, gemma2.ModelArgs(model_type="gemma2", head_dim=16, **COMMON)),
+    # A sliding-window layer, then a global one; generation runs past the window. The
+    # embedding scale sqrt(96) is not a bfloat16 number, so its stock rounding shows.
+    "gemma3_text": (
+        gemma3_text,
+        gemma3_text.ModelArgs(
+            model_type="gemma3_text",
+            head_dim=16,
+            sliding_window=8,
+            sliding_window_pattern=2,
+            max_position_embeddings=512,
+            **{**COMMON, "hidden_size": 96},
+        ),
+    ),
 }
 
 
@@ -113,6 +127,7 @@ BLOCK_NORMS: dict[str, BlockNorms] = {
     "olmo2": BlockNorms(2 * LAYERS + 1, 2 * LAYERS - 1, 1),
     # Sandwich: four norms a layer; layer 0's input norm plain, then two sandwiches a layer.
     "gemma2": BlockNorms(4 * LAYERS + 1, 1, 2 * LAYERS, offset=True),
+    "gemma3_text": BlockNorms(4 * LAYERS + 1, 1, 2 * LAYERS, offset=True),
 }
 
 
@@ -165,6 +180,7 @@ def pair(family: str) -> tuple[nn.Module, nn.Module]:
 def test_supported_architectures() -> None:
     assert mlxr.supported_architectures() == [
         "gemma2",
+        "gemma3_text",
         "llama",
         "mistral",
         "olmo2",
@@ -277,7 +293,7 @@ def test_no_standalone_add_or_norm_between_blocks(
     norms, calls = expect.norms, expect.calls
     stock_out = stock(TOKENS)
     stock_norms = counts["rms_norm"]
-    # Qwen3 and OLMo 2 normalise queries and keys inside attention; those stay as they are.
+    # Qwen3, OLMo 2 and Gemma 3 normalise queries and keys inside attention; those stay.
     assert stock_norms >= norms and counts["rmsnorm_fused"] == 0
     counts["rms_norm"] = 0
     fused_out = fused(TOKENS)
@@ -286,13 +302,18 @@ def test_no_standalone_add_or_norm_between_blocks(
 
     # In the graph: 2 residual adds per layer are gone, and Gemma's `1.0 + weight` in every
     # norm. A device whose rms_norm is a composition of primitives (the CPU) shows an Add for
-    # its eps in every rms_norm too.
+    # its eps in every rms_norm too. Gemma 3's residual add is its compiled `clip_residual`,
+    # a plain add outside float16, which the graph shows as one compiled Add.
     x = mx.ones((1, 4, COMMON["hidden_size"]))
     per_norm = primitives(tmp_path, mx.fast.rms_norm(x, x[0, 0], 1e-5), "norm").count("Add")
     stock_graph = primitives(tmp_path, stock_out, "stock")
     fused_graph = primitives(tmp_path, fused_out, "fused")
     assert fused_graph.count("RMSNormFused") == calls
-    removed = stock_graph.count("Add") - fused_graph.count("Add")
+
+    def adds(graph: list[str]) -> int:
+        return graph.count("Add") + graph.count("CompiledBroadcastBroadcastAdd")
+
+    removed = adds(stock_graph) - adds(fused_graph)
     assert removed == 2 * LAYERS + norms * (per_norm + expect.offset)
 
 
@@ -333,7 +354,7 @@ def test_uses_the_models_own_norm_weights_and_eps(family: str, counts: dict[str,
 
 UNSUPPORTED = (
     "[mlxr.fuse] unsupported architecture '{}'; "
-    "supported: gemma2, llama, mistral, olmo2, qwen2, qwen3"
+    "supported: gemma2, gemma3_text, llama, mistral, olmo2, qwen2, qwen3"
 )
 
 
@@ -358,6 +379,17 @@ def test_mislabelled_architecture_refused() -> None:
     model.model_type = "llama"
     with pytest.raises(ValueError, match=r"^\[mlxr\.fuse\] model_type 'llama' is supported, but"):
         mlxr.fuse(model)
+    assert not mlxr.is_fused(model)
+
+    model = random_stock("gemma3_text")
+    model.model_type = "gemma2"
+    with pytest.raises(ValueError) as err:
+        mlxr.fuse(model)
+    assert str(err.value) == (
+        "[mlxr.fuse] model_type 'gemma2' is supported, but its inner model is "
+        "mlx_lm.models.gemma3_text.Gemma3Model, not the mlx_lm.models.gemma2 model that "
+        "mlxr's forward mirrors"
+    )
     assert not mlxr.is_fused(model)
 
 
@@ -406,6 +438,13 @@ REFUSE = (
             nn.RMSNorm(DIMS),
             "its final norm is not an mlx_lm.models.gemma2.RMSNorm",
         ),
+        (
+            "gemma3_text",
+            0,
+            "input_layernorm",
+            gemma2.RMSNorm(96),
+            "layer 0's input_layernorm is not an mlx_lm.models.gemma3_text.RMSNorm",
+        ),
     ],
 )
 def test_foreign_norm_refused(
@@ -415,7 +454,8 @@ def test_foreign_norm_refused(
     model = random_stock(family)
     owner = model.model if layer is None else model.model.layers[layer]
     setattr(owner, name, foreign)
-    shape = {"olmo2": "post-norm", "gemma2": "sandwich-norm"}.get(family, "pre-norm")
+    shapes = {"olmo2": "post-norm", "gemma2": "sandwich-norm", "gemma3_text": "sandwich-norm"}
+    shape = shapes.get(family, "pre-norm")
     with pytest.raises(ValueError) as err:
         mlxr.fuse(model)
     assert str(err.value) == REFUSE.format(family, why, shape)
@@ -449,3 +489,56 @@ def test_qwen2_pipeline_stages(monkeypatch: pytest.MonkeyPatch) -> None:
     stages[0](TOKENS)
     assert len(sent) == 1
     assert rel_err(stages[1](TOKENS), stock(TOKENS)) <= 1e-5
+
+
+F16_MAX = 65504.0
+
+
+def test_gemma3_float16_residual_clipped_as_stock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 3 in float16 adds its residuals in float32 and clips the sum to the float16
+    range (`clip_residual`). With residuals and branches whose sums overflow, every fused
+    add is the stock `clip_residual` of the same inputs, and the logits stay finite."""
+    stock = random_stock("gemma3_text")
+    stock.set_dtype(mx.float16)
+    mx.random.seed(1)
+    # A stream of +-49000 from the start (the embedding times sqrt(96)), and branch norms
+    # that scale by about 15000, so that a sum of equal signs passes 65504.
+    dims = stock.args.hidden_size
+    emb = stock.model.embed_tokens.weight
+    stock.model.embed_tokens.weight = (mx.sign(mx.random.normal(emb.shape)) * 5000).astype(
+        mx.float16
+    )
+    for layer in stock.model.layers:
+        for name in ("post_attention_layernorm", "post_feedforward_layernorm"):
+            weight = 15000 + 100 * mx.random.normal((dims,))
+            getattr(layer, name).weight = weight.astype(mx.float16)
+    fused = fused_twin("gemma3_text", stock)
+
+    sandwiches: list[tuple[mx.array, mx.array, mx.array, float, mx.array]] = []
+    real = mx.fast.rmsnorm_fused
+
+    def recording(x: mx.array, weight: mx.array, eps: float, **kwargs: Any) -> Any:
+        out = real(x, weight, eps, **kwargs)
+        if "branch_weight" in kwargs:
+            sandwiches.append((x, kwargs["residual"], kwargs["branch_weight"], eps, out[1]))
+        return out
+
+    monkeypatch.setattr(mx.fast, "rmsnorm_fused", recording)
+    fused_out = fused(TOKENS)
+    monkeypatch.undo()
+    stock_out = stock(TOKENS)
+
+    assert len(sandwiches) == 2 * LAYERS
+    for x, residual, branch_weight, eps, h in sandwiches:
+        branch_norm = gemma3_text.RMSNorm(dims, eps)
+        branch_norm.weight = branch_weight
+        branch = branch_norm(x)
+        want = gemma3_text.clip_residual(residual, branch)
+        assert h.dtype == mx.float16 and mx.isfinite(want).all() and mx.isfinite(branch).all()
+        assert mx.isinf(residual + branch).any()  # a plain float16 add overflows here
+        assert (mx.abs(h) == F16_MAX).any() and mx.isfinite(h).all()
+        # The stock norm rounds the branch to float16 before the add, the fused op rounds
+        # once: one float16 ulp of the branch and one of the sum apart at most.
+        assert rel_err(h, want) <= 2**-9
+    assert mx.isfinite(stock_out).all() and mx.isfinite(fused_out).all()
+    assert rel_err(fused_out, stock_out) <= 4e-3
