@@ -5,6 +5,7 @@ left between its blocks, quantized or compiled, and unknown architectures are re
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,6 +253,21 @@ def test_compiled(pair: tuple[nn.Module, nn.Module]) -> None:
     ref = stock(TOKENS)
     assert rel_err(compiled(TOKENS), ref) <= 1e-5
     assert rel_err(compiled(TOKENS), ref) <= 1e-5  # the cached graph
+
+
+def test_input_embeddings(family: str, pair: tuple[nn.Module, nn.Module]) -> None:
+    """Families whose stock forward takes `input_embeddings` use them, as stock does (Gemma
+    3 scales them in place: the caller's array is left as stock leaves it)."""
+    stock, fused = pair
+    if "input_embeddings" not in inspect.signature(type(stock.model).__call__).parameters:
+        pytest.skip(f"{family}'s stock forward takes no input embeddings")
+    mx.random.seed(2)
+    emb = mx.random.normal((*TOKENS.shape, stock.model.embed_tokens.weight.shape[1]))
+    stock_emb, fused_emb = mx.array(emb), mx.array(emb)
+    ref = stock(TOKENS, input_embeddings=stock_emb)
+    assert rel_err(ref, stock(TOKENS)) > 0.1  # the embeddings matter
+    assert rel_err(fused(TOKENS, input_embeddings=fused_emb), ref) <= 1e-5
+    assert mx.array_equal(fused_emb, stock_emb)
 
 
 @pytest.fixture
