@@ -10,6 +10,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import _blocks
 from ._ops import Fused
 
 _DESCRIPTIONS = {"pre_norm": "pre-norm", "post_norm": "post-norm", "sandwich": "sandwich-norm"}
@@ -43,8 +44,6 @@ class Blocks:
         final_norm: nn.Module,
     ) -> tuple[mx.array, mx.array]:
         """The layers on the stream `h`, then the final norm: `(y, h)` (see `_blocks`)."""
-        from . import _blocks
-
         return getattr(_blocks, self.runner)(self.op, layers, h, masks, caches, final_norm)
 
 
