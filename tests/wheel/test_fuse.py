@@ -58,6 +58,7 @@ COMMON: dict[str, Any] = {
     "rms_norm_eps": 1e-5,
     "vocab_size": 128,
 }
+GEMMA3_DIMS = 96
 # name: (mlx-lm module, its ModelArgs)
 FAMILIES: dict[str, tuple[Any, Any]] = {
     "llama": (llama, llama.ModelArgs(model_type="llama", tie_word_embeddings=False, **COMMON)),
@@ -96,7 +97,7 @@ FAMILIES: dict[str, tuple[Any, Any]] = {
             sliding_window=8,
             sliding_window_pattern=2,
             max_position_embeddings=512,
-            **{**COMMON, "hidden_size": 96},
+            **{**COMMON, "hidden_size": GEMMA3_DIMS},
         ),
     ),
 }
@@ -458,7 +459,7 @@ REFUSE = (
             "gemma3_text",
             0,
             "input_layernorm",
-            gemma2.RMSNorm(96),
+            gemma2.RMSNorm(GEMMA3_DIMS),
             "layer 0's input_layernorm is not an mlx_lm.models.gemma3_text.RMSNorm",
         ),
     ],
