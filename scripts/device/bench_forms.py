@@ -39,7 +39,7 @@ FORMS = (
         "pre-norm",
         4,
         lambda x, r, wb, w: mx.fast.rmsnorm_fused(x, w, EPS, residual=r),
-        lambda x, r, wb, w: (mx.fast.rms_norm(x + r, w, EPS), x + r),
+        lambda x, r, wb, w: pre_norm_unfused(x, r, w),
     ),
     Form(
         "post-norm",
@@ -62,6 +62,11 @@ FORMS = (
         lambda x, r, wb, w: sandwich_unfused(x, r, wb, w, lambda u, v, e: gemma_norm(u, v)),
     ),
 )
+
+
+def pre_norm_unfused(x: mx.array, r: mx.array, w: mx.array) -> tuple[mx.array, mx.array]:
+    h = x + r
+    return mx.fast.rms_norm(h, w, EPS), h
 
 
 def sandwich_unfused(x, r, wb, w, norm):  # type: ignore[no-untyped-def]

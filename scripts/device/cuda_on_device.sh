@@ -12,7 +12,9 @@
 #             the files in TEST_FILES
 #   suite-ours, suite-baseline
 #             upstream's python/tests on the GPU against one wheel, in parallel chunks
-#             (SUITE_WORKERS processes, default 6; they may run at once)
+#             (SUITE_WORKERS processes, default 6; they may run at once), merged
+#             into suite-ours.xml or suite-baseline.xml
+#   suites    both at once, SUITE_WORKERS (default 7) each
 #   compare   the two suite results: no new failures, the shared ones listed
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
 #   bench-forms
@@ -32,7 +34,7 @@ while (($#)); do
   case $1 in
     --archs) archs=$2; shift 2 ;;
     --nvtx-from-toolkit) nvtx=(--nvtx-from-toolkit); shift ;;
-    build | baseline | test | suite-ours | suite-baseline | compare | bench | bench-forms | save | save-baseline)
+    build | baseline | test | suite-ours | suite-baseline | suites | compare | bench | bench-forms | save | save-baseline)
       stages+=("$1")
       shift
       ;;
@@ -96,8 +98,10 @@ site() { # DIR WHEEL...: install wheels, without their needs, into DIR
   echo "$dir"
 }
 
-# The files whose run-time compiled kernels take longest start first.
+# The files whose run-time compiled kernels take longest start first, and
+# test_quantized.py's tests (20 to 45 s of compiling each) a few to a chunk.
 suite_first=test_quantized.py,test_fast_sdpa.py,test_fast.py,test_compile.py,test_conv.py
+suite_chunk_for=test_quantized.py=2,test_fast_sdpa.py=5
 failed=""
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
@@ -125,15 +129,21 @@ for stage in "${stages[@]}"; do
       else
         which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline "$(baseline_wheel)")
       fi
-      rm -rf "$out/suite-$which"
       PYTHONPATH=$lib python3 scripts/device/run_suite.py "$src/python/tests" \
-        --out "$out/suite-$which" --tag "$which" --workers "${SUITE_WORKERS:-6}" \
-        --deadline "${SUITE_TIMEOUT:-540}" --first "${SUITE_FIRST:-$suite_first}" \
+        --junit "$out/suite-$which.xml" --log "$out/suite-$which-tests.log" --tag "$which" \
+        --workers "${SUITE_WORKERS:-6}" --deadline "${SUITE_TIMEOUT:-540}" \
+        --first "${SUITE_FIRST:-$suite_first}" --chunk-for "${SUITE_CHUNK_FOR:-$suite_chunk_for}" \
         >"$out/suite-$which.log" 2>&1 || true
       tail -2 "$out/suite-$which.log"
       ;;
+    suites)
+      # Both suites at once, half the workers each: SUITE_WORKERS is per suite.
+      SUITE_WORKERS=${SUITE_WORKERS:-7} bash scripts/device/cuda_on_device.sh suite-baseline "${nvtx[@]}" &
+      SUITE_WORKERS=${SUITE_WORKERS:-7} bash scripts/device/cuda_on_device.sh suite-ours "${nvtx[@]}"
+      wait
+      ;;
     compare)
-      python3 scripts/device/compare_suites.py "$out/suite-ours" "$out/suite-baseline" \
+      python3 scripts/device/compare_suites.py "$out/suite-ours.xml" "$out/suite-baseline.xml" \
         --out "$out/suite.md" || failed+=" suite"
       ;;
     bench)

@@ -3,10 +3,12 @@
 On CUDA, MLX compiles many kernels at run time (NVRTC, 20-45 s for a quantized
 matmul), so one pytest process takes most of an hour. The tests are collected
 once, cut into chunks of consecutive test ids (so tests that share kernels tend
-to share a process), and handed to a pool of workers as each becomes free. Each
-chunk writes its own JUnit XML into --out; compare_suites.py reads the folder.
-Each worker has its own PTX cache: MLX writes that cache without locking, so two
-processes sharing it could read a half-written file.
+to share a process; --chunk-for makes a slow file's chunks smaller), and handed
+to a pool of workers as each becomes free. The chunks' JUnit XML is merged into
+one file (--junit) and their output into one log (--log): the GPU machines
+return a limited number of files. Each worker has its own PTX cache: MLX
+writes that cache without locking, so two processes sharing it could read a
+half-written file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,30 +54,53 @@ def collect(tests_dir: Path) -> list[str]:
     return ids
 
 
-def chunks(test_ids: list[str], size: int, first: list[str]) -> deque[Chunk]:
-    """Consecutive ids, `size` at a time, files named in `first` leading."""
+def chunks(
+    test_ids: list[str], size: int, first: list[str], size_for: dict[str, int]
+) -> deque[Chunk]:
+    """Consecutive ids of one file, `size` at a time (`size_for[file]` for the
+    files named there), the files named in `first` leading."""
+
+    def file_of(test_id: str) -> str:
+        return test_id.split("::")[0]
 
     def rank(test_id: str) -> int:
-        name = test_id.split("::")[0]
+        name = file_of(test_id)
         return first.index(name) if name in first else len(first)
 
     ordered = sorted(test_ids, key=rank)  # stable: keeps each file's order
-    return deque(
-        Chunk(i, ordered[start : start + size])
-        for i, start in enumerate(range(0, len(ordered), size))
-    )
+    out: deque[Chunk] = deque()
+    current: list[str] = []
+    for test_id in ordered:
+        if current and (
+            file_of(current[0]) != file_of(test_id)
+            or len(current) >= size_for.get(file_of(current[0]), size)
+        ):
+            out.append(Chunk(len(out), current))
+            current = []
+        current.append(test_id)
+    if current:
+        out.append(Chunk(len(out), current))
+    return out
 
 
-def start(chunk: Chunk, worker: int, tests_dir: Path, out: Path, tag: str) -> Running:
+def merge_junit(parts: list[Path], junit: Path) -> None:
+    """The test cases of every chunk's JUnit XML, in one test suite."""
+    suite = ET.Element("testsuite", name="pytest")
+    for part in parts:
+        suite.extend(ET.parse(part).getroot().iter("testcase"))
+    ET.ElementTree(suite).write(junit)
+
+
+def start(chunk: Chunk, worker: int, tests_dir: Path, work: Path, tag: str) -> Running:
     env = {**os.environ, "MLX_PTX_CACHE_DIR": f"/tmp/ptx-{tag}-{worker}"}
-    log = (out / f"chunk-{chunk.index:03d}.log").open("wb")
+    log = (work / f"chunk-{chunk.index:03d}.log").open("wb")
     proc = subprocess.Popen(
         [
             *PYTEST,
             "-o",
             "addopts=",
             "--rootdir=.",
-            f"--junitxml={out / f'chunk-{chunk.index:03d}.xml'}",
+            f"--junitxml={work / f'chunk-{chunk.index:03d}.xml'}",
             *chunk.test_ids,
         ],
         cwd=tests_dir,
@@ -84,30 +111,39 @@ def start(chunk: Chunk, worker: int, tests_dir: Path, out: Path, tag: str) -> Ru
     return Running(chunk, worker, proc, time.monotonic())
 
 
+def sizes(text: str) -> dict[str, int]:
+    """FILE=N,FILE=N."""
+    pairs = (item.split("=") for item in text.split(",") if item)
+    return {name: int(n) for name, n in pairs}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("tests_dir", type=Path, help="upstream's python/tests folder")
-    p.add_argument("--out", type=Path, required=True, help="folder for chunk-NNN.xml and .log")
+    p.add_argument("--junit", type=Path, required=True, help="the merged JUnit XML to write")
+    p.add_argument("--log", type=Path, required=True, help="every chunk's output, in order")
     p.add_argument("--tag", default="suite", help="names the workers' PTX caches")
     p.add_argument("--workers", type=int, default=6)
     p.add_argument("--chunk", type=int, default=20, help="tests per chunk (default 20)")
+    p.add_argument("--chunk-for", default="", help="FILE=N,...: tests per chunk for these files")
     p.add_argument("--first", default="", help="comma-separated test files to start first")
     p.add_argument(
         "--deadline", type=float, default=540, help="seconds; later chunks are stopped and counted"
     )
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"suite-{args.tag}-"))
     begin = time.monotonic()
-    pending = chunks(collect(args.tests_dir), args.chunk, [f for f in args.first.split(",") if f])
+    first = [f for f in args.first.split(",") if f]
+    pending = chunks(collect(args.tests_dir), args.chunk, first, sizes(args.chunk_for))
     total = len(pending)
-    print(f"run_suite.py {args.tag}: {total} chunks of up to {args.chunk} tests", flush=True)
+    print(f"run_suite.py {args.tag}: {total} chunks, in {work}", flush=True)
     running: list[Running] = []
     free = list(range(args.workers))
     done = killed = not_started = 0
     while pending or running:
         late = time.monotonic() - begin > args.deadline
         while free and pending and not late:
-            running.append(start(pending.popleft(), free.pop(), args.tests_dir, args.out, args.tag))
+            running.append(start(pending.popleft(), free.pop(), args.tests_dir, work, args.tag))
         for job in list(running):
             if late and job.proc.poll() is None:
                 job.proc.kill()
@@ -128,6 +164,10 @@ def main() -> int:
             not_started += len(pending)
             pending.clear()
         time.sleep(0.5)
+    merge_junit(sorted(work.glob("chunk-*.xml")), args.junit)
+    with args.log.open("wb") as log:
+        for part in sorted(work.glob("chunk-*.log")):
+            log.write(f"==> {part.name}\n".encode() + part.read_bytes())
     print(
         f"run_suite.py {args.tag}: {done - killed} of {total} chunks ran; at the "
         f"{args.deadline:.0f} s deadline {killed} were stopped and {not_started} not started; "
