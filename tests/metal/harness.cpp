@@ -43,15 +43,27 @@ constexpr size_t PAD = 0;
 constexpr size_t PAD = 256;
 #endif
 
+// A buffer in device memory, whose writes the shim tracks during a launch.
 template <typename T>
 struct Buffer {
-  std::vector<unsigned char> bytes;
+  size_t size;
+  unsigned char* bytes;
   size_t n;
 
-  explicit Buffer(size_t n_) : bytes((n_ + 2 * PAD) * sizeof(T), POISON), n(n_) {}
+  explicit Buffer(size_t n_)
+      : size((n_ + 2 * PAD) * sizeof(T)),
+        bytes(mlxr_harness::DeviceMemory::get().allocate(size)),
+        n(n_) {
+    std::memset(bytes, POISON, size);
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() {
+    mlxr_harness::DeviceMemory::get().release(bytes);
+  }
 
   T* data() {
-    return reinterpret_cast<T*>(bytes.data()) + PAD;
+    return reinterpret_cast<T*>(bytes) + PAD;
   }
 
   void load(const std::string& path) {
@@ -68,7 +80,7 @@ struct Buffer {
 
   void check_guards(const std::string& name) const {
     for (size_t i = 0; i < PAD * sizeof(T); i++) {
-      if (bytes[i] != POISON || bytes[bytes.size() - 1 - i] != POISON) {
+      if (bytes[i] != POISON || bytes[size - 1 - i] != POISON) {
         throw HarnessError("out-of-bounds write to " + name);
       }
     }
@@ -121,12 +133,14 @@ struct Launch {
 };
 
 // Each threadgroup runs to completion before the next starts, which is one of
-// the schedules Metal allows.
+// the schedules Metal allows; what one writes to device memory stays hidden
+// from the others until the launch ends.
 template <typename F>
 void for_each_thread(size_t grid_size, size_t threadgroup_size, Order order, F&& call) {
   if (grid_size % threadgroup_size != 0) {
     throw HarnessError("grid is not a whole number of threadgroups");
   }
+  mlxr_harness::DeviceLaunch launch;
   for (size_t gid = 0; gid < grid_size / threadgroup_size; gid++) {
     Group group(static_cast<int>(threadgroup_size), order);
     group.run([&](int lid) { call(uint(gid), uint(lid)); });

@@ -4,16 +4,18 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
-from harness import KERNEL, Case, HarnessFailure, compile_harness, run
+from harness import KERNEL, ORDERS, Case, HarnessFailure, compile_harness, run
 from test_metal_kernels import check, row_offset_problems
 
 BARRIER = r"threadgroup_barrier\(mem_flags::mem_threadgroup\);"
 
 
-def mutate(pattern: str, replacement: str, occurrence: int = 0) -> str:
-    """The kernel source with one match of `pattern` (the n-th) replaced."""
-    source = KERNEL.read_text()
+def mutate(pattern: str, replacement: str, occurrence: int = 0, source: str | None = None) -> str:
+    """The kernel source (or `source`) with one match of `pattern` (the n-th)
+    replaced."""
+    source = KERNEL.read_text() if source is None else source
     matches = list(re.finditer(pattern, source))
     assert len(matches) > occurrence, f"{pattern!r} not found"
     m = matches[occurrence]
@@ -34,14 +36,31 @@ def mutate_in_single_row(pattern: str, replacement: str, nth_in_kernel: int) -> 
     return source[: m.start()] + m.expand(replacement) + source[m.end() :]
 
 
-def test_off_by_one_in_the_tail_loop_is_caught(tmp_path: Path) -> None:
-    # The output loop's bound check lets one thread write past the row.
+@pytest.mark.parametrize(
+    ("rows", "error"),
+    ((1, "out-of-bounds write"), (2, "two threadgroups of one launch write the same")),
+)
+def test_off_by_one_in_the_tail_loop_is_caught(tmp_path: Path, rows: int, error: str) -> None:
+    # The output loop's bound check lets one thread write past the row: past
+    # the buffer, or into the next row, which another threadgroup writes.
     broken = mutate_in_single_row(
         r"lid \* N_READS \+ i < axis_size", "lid * N_READS + i <= axis_size", 3
     )
     binary = compile_harness(broken, "broken-tail")
-    case = Case("fwd", "float32", rows=2, axis=33, residual=False, has_w=True)
-    with pytest.raises(HarnessFailure, match="out-of-bounds write"):
+    case = Case("fwd", "float32", rows=rows, axis=33, residual=False, has_w=True)
+    with pytest.raises(HarnessFailure, match=error):
+        run(binary, case, tmp_path)
+
+
+def test_a_read_past_the_buffer_is_caught_under_address_sanitizer(tmp_path: Path) -> None:
+    # One row of 32: the last thread reads one value past x, r and w, which
+    # the guards of the ordinary build only show as wrong results.
+    broken = mutate_in_single_row(
+        r"lid \* N_READS \+ i < axis_size", "lid * N_READS + i <= axis_size", 0
+    )
+    binary = compile_harness(broken, "broken-read-asan", asan=True)
+    case = Case("fwd", "float32", rows=1, axis=32, residual=True, has_w=True)
+    with pytest.raises(HarnessFailure, match="AddressSanitizer: use-after-poison"):
         run(binary, case, tmp_path)
 
 
@@ -239,6 +258,84 @@ def test_barrier_flags_may_be_combined(tmp_path: Path) -> None:
     binary = compile_harness(both, "flags-combined")
     for i, (_, case) in enumerate(BARRIER_USES[2:5]):
         check(case, run(binary, case, tmp_path / str(i)))
+
+
+# Device memory: a thread's writes reach the other threads of its threadgroup
+# only through a barrier with mem_device, and the other threadgroups of the
+# launch not at all; until then they read poison (NaN).
+
+# The looped forward's second pass, taken over by thread lsize - 1 - lid: it
+# reads back the h that that thread wrote in the first pass. Every value is in
+# its place by then, but the barrier between the passes orders only
+# threadgroup memory.
+MIRRORED_SECOND_PASS = """// The columns of thread lsize - 1 - lid.
+  long mirror = (long(lsize) - 1 - 2 * long(lid)) * N_READS;
+  lid = lsize - 1 - lid;
+  out += mirror;
+  w += w_stride * mirror;
+  const device T* h = (HAS_RESIDUAL ? h_out : x) + mirror;"""
+LOOPED_READ_BACK = r"const device T\* h = HAS_RESIDUAL \? h_out : x;"
+# The barrier of threadgroup_inv_rms, between the looped forward's passes (see
+# BARRIER_USES).
+LOOPED_FORWARD_BARRIER = 2
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_reading_another_threads_device_write_without_mem_device_is_caught(
+    tmp_path: Path, order: str
+) -> None:
+    broken = mutate(LOOPED_READ_BACK, MIRRORED_SECOND_PASS)
+    binary = compile_harness(broken, "broken-device-visibility")
+    case = Case("fwd", "float32", 2, 4097, residual=True, has_w=True, order=order)
+    with pytest.raises(AssertionError, match="relative error nan"):
+        check(case, run(binary, case, tmp_path))
+
+
+def test_device_writes_are_visible_after_a_mem_device_barrier(tmp_path: Path) -> None:
+    # The same kernel with mem_device added to that barrier passes; so does it
+    # without, where h is x, which no thread writes.
+    broken = mutate(LOOPED_READ_BACK, MIRRORED_SECOND_PASS)
+    fixed = mutate(
+        BARRIER,
+        "threadgroup_barrier(mem_flags::mem_threadgroup | mem_flags::mem_device);",
+        LOOPED_FORWARD_BARRIER,
+        source=broken,
+    )
+    binaries = {
+        True: compile_harness(fixed, "device-visibility-fixed"),
+        False: compile_harness(broken, "broken-device-visibility"),
+    }
+    cases = [(True, True, order) for order in ORDERS] + [(False, False, "reverse")]
+    for i, (barrier, residual, order) in enumerate(cases):
+        case = Case("fwd", "float32", 2, 4097, residual=residual, has_w=True, order=order)
+        check(case, run(binaries[barrier], case, tmp_path / str(i)))
+
+
+def test_reading_another_threadgroups_device_write_is_caught(tmp_path: Path) -> None:
+    # Each group adds the previous group's partial row to its own. Threadgroups
+    # run one after another here, so group k would find group k - 1's row;
+    # on the GPU nothing orders the threadgroups of one launch.
+    broken = mutate(
+        r"gw_partials\[i\] = gw_acc\[i\];",
+        "gw_partials[i] = gw_acc[i] + (gid > 0 ? (gw_partials - size_t(axis_size))[i] : 0.0f);",
+    )
+    binary = compile_harness(broken, "broken-cross-group")
+    arrays = run(binary, grouped_vjp(33), tmp_path)
+    partials = arrays["dw_partials_out"]
+    assert np.isfinite(partials[0]).all() and np.isnan(partials[1:]).all()
+    with pytest.raises(AssertionError):
+        check(grouped_vjp(33), arrays)
+
+
+def test_two_threads_writing_the_same_device_memory_is_caught(tmp_path: Path) -> None:
+    # Each even thread also writes its h over the next thread's.
+    broken = mutate_in_single_row(
+        r"h_out\[i\] = hi;", "h_out[i] = h_out[N_READS * (lid % 2 == 0) + i] = hi;", 0
+    )
+    binary = compile_harness(broken, "broken-device-race")
+    case = Case("fwd", "float32", 2, 256, residual=True, has_w=True)
+    with pytest.raises(HarnessFailure, match="data race: threads .* device memory"):
+        run(binary, case, tmp_path)
 
 
 # The looped forward's second and third loops run in every form (the first is

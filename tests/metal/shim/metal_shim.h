@@ -17,6 +17,12 @@
 //   Threads run one at a time, so this needs no tracking of each access: the
 //   memory a thread sees is set up when it starts running, and what it wrote
 //   is found by comparison when it stops.
+// - device memory (every buffer a launch binds) follows the same rule with
+//   mem_device: another thread's write to it becomes visible only after a
+//   threadgroup_barrier whose flags include mem_device, and a write by another
+//   threadgroup of the same launch never does (nothing orders threadgroups;
+//   the next launch sees every write). Until then the thread reads poison
+//   there, and two threads writing the same byte is a race. See DeviceMemory.
 //
 // Tests only: the .metal sources are compiled unchanged, except that
 // `threadgroup T name[N];` declarations become MLXR_THREADGROUP(T, name, N).
@@ -24,15 +30,24 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <semaphore>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifdef MLXR_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include "mlx/types/half_types.h"
 
@@ -53,6 +68,304 @@ constexpr int MEM_DEVICE = 1, MEM_THREADGROUP = 2, MEM_TEXTURE = 4;
 
 struct HarnessError : std::runtime_error {
   using std::runtime_error::runtime_error;
+};
+
+// Device memory: the buffers the harness binds to a launch. Within a launch a
+// thread's writes are pending: the other threads read poison (all bits set)
+// there until a threadgroup_barrier with mem_device publishes them to the
+// thread's own threadgroup, and once its threadgroup has finished they stay
+// hidden from the later threadgroups of the launch. Two threads writing the
+// same byte in that time is a race. After the launch every write is there.
+//
+// Device buffers are too large to compare whole at every switch of threads,
+// as threadgroup memory is. Each is mapped twice instead: the kernels' view is
+// read-only during a launch, so that a thread's first write to a page faults;
+// the fault handler keeps the page's old contents and makes it writable. When
+// the thread stops, each page it wrote is compared with its old contents,
+// which finds its writes byte for byte, and made read-only again. The
+// harness's view stays writable: through it, a thread's pending writes are
+// put in place while it runs and replaced by poison when it stops.
+//
+// Reads are not intercepted: a read of hidden memory shows only through the
+// poison it returns (NaN in every float type), so a test must check what the
+// kernel computes from it. Not modelled: simdgroup_barrier, atomics, and which
+// of two racing writes lands; a write of the value a byte already holds is not
+// seen.
+class DeviceMemory {
+ public:
+  static DeviceMemory& get() {
+    static DeviceMemory memory;
+    return memory;
+  }
+
+  // `bytes` of device memory, readable and writable outside launches. Under
+  // AddressSanitizer the memory around it is poisoned, so that any access
+  // beyond it is reported.
+  unsigned char* allocate(size_t bytes) {
+    auto r = std::make_unique<Region>();
+    r->size = page_ + (bytes + page_ - 1) / page_ * page_ + page_;
+    int fd = memfd_create("mlxr-device-memory", 0);
+    if (fd < 0 || ftruncate(fd, r->size) != 0) {
+      throw HarnessError("cannot allocate device memory");
+    }
+    void* kernel =
+        mmap(nullptr, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void* harness =
+        mmap(nullptr, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (kernel == MAP_FAILED || harness == MAP_FAILED) {
+      throw HarnessError("cannot map device memory");
+    }
+    r->kernel = static_cast<unsigned char*>(kernel);
+    r->harness = static_cast<unsigned char*>(harness);
+    r->before.resize(r->size);
+    r->value.resize(r->size);
+    r->owner.assign(r->size, NONE);
+    r->page_dirty.assign(r->size / page_, 0);
+    // Reserved, so that the fault handler never allocates.
+    r->dirty.reserve(r->size / page_);
+    unsigned char* data = r->kernel + page_;
+#ifdef MLXR_ASAN
+    ASAN_POISON_MEMORY_REGION(r->kernel, page_);
+    ASAN_POISON_MEMORY_REGION(data + bytes, r->kernel + r->size - data - bytes);
+#endif
+    regions_.push_back(std::move(r));
+    return data;
+  }
+
+  void release(unsigned char* data) {
+    for (auto it = regions_.begin(); it != regions_.end(); ++it) {
+      Region& r = **it;
+      if (r.kernel + page_ == data) {
+#ifdef MLXR_ASAN
+        ASAN_UNPOISON_MEMORY_REGION(r.kernel, r.size);
+#endif
+        munmap(r.kernel, r.size);
+        munmap(r.harness, r.size);
+        regions_.erase(it);
+        return;
+      }
+    }
+  }
+
+  // One launch: device memory is tracked from begin to end.
+  void begin_launch() {
+    active_ = true;
+    launch_written_.clear();
+    for (auto& r : regions_) {
+      mprotect(r->kernel, r->size, PROT_READ);
+    }
+  }
+
+  void end_launch() {
+    for (auto& r : regions_) {
+      mprotect(r->kernel, r->size, PROT_READ | PROT_WRITE);
+      std::fill(r->page_dirty.begin(), r->page_dirty.end(), 0);
+      r->dirty.clear();
+    }
+    for (const Range& w : launch_written_) {
+      Region& r = *w.region;
+      std::memcpy(
+          r.harness + w.begin, r.value.data() + w.begin, w.end - w.begin);
+      std::fill(r.owner.begin() + w.begin, r.owner.begin() + w.end, NONE);
+    }
+    launch_written_.clear();
+    active_ = false;
+  }
+
+  void begin_group(int n_threads) {
+    if (active_) {
+      pending_.assign(n_threads, {});
+      group_written_.clear();
+    }
+  }
+
+  // What the group wrote is hidden from the later groups of the launch.
+  void end_group() {
+    if (!active_) {
+      return;
+    }
+    for (const Range& w : group_written_) {
+      Region& r = *w.region;
+      for (size_t i = w.begin; i < w.end; i++) {
+        if (r.owner[i] == PUBLISHED) {
+          r.value[i] = r.harness[i];
+        }
+        r.owner[i] = OTHER_GROUP;
+        r.harness[i] = POISON;
+      }
+    }
+    launch_written_.insert(
+        launch_written_.end(), group_written_.begin(), group_written_.end());
+    group_written_.clear();
+    pending_.clear();
+  }
+
+  // Thread lid starts running: it sees its own pending writes.
+  void switch_in(int lid) {
+    if (!active_) {
+      return;
+    }
+    for (const Range& w : pending_[lid]) {
+      Region& r = *w.region;
+      std::memcpy(
+          r.harness + w.begin, r.value.data() + w.begin, w.end - w.begin);
+    }
+  }
+
+  // Thread lid stops: record what it wrote, then hide its pending writes.
+  // Returns a description of a race, or "".
+  std::string switch_out(int lid) {
+    if (!active_) {
+      return "";
+    }
+    std::string race;
+    for (auto& rp : regions_) {
+      Region& r = *rp;
+      for (size_t page : r.dirty) {
+        for (size_t i = page * page_; i < (page + 1) * page_; i++) {
+          if (i % 64 == 0 &&
+              std::memcmp(r.harness + i, &r.before[i], 64) == 0) {
+            i += 63;
+            continue;
+          }
+          if (r.harness[i] == r.before[i]) {
+            continue;
+          }
+          int& owner = r.owner[i];
+          if (owner == OTHER_GROUP) {
+            race =
+                "data race: two threadgroups of one launch write the same "
+                "device memory";
+          } else if (owner >= 0 && owner != lid) {
+            race = "data race: threads " + std::to_string(owner) + " and " +
+                std::to_string(lid) +
+                " write the same device memory with no "
+                "threadgroup_barrier(mem_flags::mem_device) between them";
+          } else if (owner != lid) {
+            if (owner == NONE) {
+              add(group_written_, r, i);
+            }
+            owner = lid;
+            add(pending_[lid], r, i);
+          }
+          r.value[i] = r.harness[i];
+        }
+        mprotect(r.kernel + page * page_, page_, PROT_READ);
+        r.page_dirty[page] = 0;
+      }
+      r.dirty.clear();
+    }
+    for (const Range& w : pending_[lid]) {
+      std::memset(w.region->harness + w.begin, POISON, w.end - w.begin);
+    }
+    return race;
+  }
+
+  // A barrier with mem_device makes thread lid's writes visible to its group.
+  void publish(int lid) {
+    if (!active_) {
+      return;
+    }
+    for (const Range& w : pending_[lid]) {
+      Region& r = *w.region;
+      std::memcpy(
+          r.harness + w.begin, r.value.data() + w.begin, w.end - w.begin);
+      std::fill(r.owner.begin() + w.begin, r.owner.begin() + w.end, PUBLISHED);
+    }
+    pending_[lid].clear();
+  }
+
+ private:
+  static constexpr unsigned char POISON = 0xFF;
+  // Who wrote a byte in this launch: a thread of the running group (its
+  // write pending), or one of these.
+  static constexpr int NONE = -1, PUBLISHED = -2, OTHER_GROUP = -3;
+
+  struct Region {
+    unsigned char* kernel; // the kernels' view
+    unsigned char* harness; // the same memory, always writable
+    size_t size;
+    std::vector<unsigned char> before; // pages as the running thread found them
+    std::vector<unsigned char> value; // the bytes that poison hides
+    std::vector<int> owner; // per byte
+    std::vector<char> page_dirty;
+    std::vector<size_t> dirty; // pages the running thread wrote
+  };
+
+  struct Range {
+    Region* region;
+    size_t begin, end;
+  };
+
+  DeviceMemory() : page_(sysconf(_SC_PAGESIZE)) {
+    struct sigaction action = {};
+    action.sa_sigaction = on_fault;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &previous_action());
+  }
+
+  static struct sigaction& previous_action() {
+    static struct sigaction action;
+    return action;
+  }
+
+  // A write to a read-only page of device memory: note the page and let the
+  // write through. Any other fault goes to the handler there was before.
+  static void on_fault(int, siginfo_t* info, void*) {
+    if (!get().make_writable(static_cast<unsigned char*>(info->si_addr))) {
+      sigaction(SIGSEGV, &previous_action(), nullptr);
+    }
+  }
+
+  bool make_writable(unsigned char* p) {
+    if (!active_) {
+      return false;
+    }
+    for (auto& rp : regions_) {
+      Region& r = *rp;
+      if (p < r.kernel || p >= r.kernel + r.size) {
+        continue;
+      }
+      size_t page = (p - r.kernel) / page_;
+      if (r.page_dirty[page]) {
+        return false;
+      }
+      r.page_dirty[page] = 1;
+      r.dirty.push_back(page);
+      std::memcpy(&r.before[page * page_], r.harness + page * page_, page_);
+      return mprotect(r.kernel + page * page_, page_, PROT_READ | PROT_WRITE) ==
+          0;
+    }
+    return false;
+  }
+
+  static void add(std::vector<Range>& ranges, Region& r, size_t i) {
+    if (!ranges.empty() && ranges.back().region == &r &&
+        ranges.back().end == i) {
+      ranges.back().end++;
+    } else {
+      ranges.push_back({&r, i, i + 1});
+    }
+  }
+
+  size_t page_;
+  bool active_ = false;
+  std::vector<std::unique_ptr<Region>> regions_;
+  // Per thread of the running group: its pending writes.
+  std::vector<std::vector<Range>> pending_;
+  std::vector<Range> group_written_, launch_written_;
+};
+
+// Device memory is tracked for the lifetime of one of these.
+struct DeviceLaunch {
+  DeviceLaunch() {
+    DeviceMemory::get().begin_launch();
+  }
+  ~DeviceLaunch() {
+    DeviceMemory::get().end_launch();
+  }
 };
 
 class Group {
@@ -79,6 +392,7 @@ class Group {
 
   // Runs body(lid) for every thread of the group under the schedule.
   void run(const std::function<void(int)>& body) {
+    DeviceMemory::get().begin_group(n_);
     std::vector<std::thread> workers;
     workers.reserve(n_);
     for (int lid = 0; lid < n_; lid++) {
@@ -101,6 +415,7 @@ class Group {
     for (auto& w : workers) {
       w.join();
     }
+    DeviceMemory::get().end_group();
     if (failed_) {
       throw HarnessError(error_);
     }
@@ -187,6 +502,7 @@ class Group {
       }
       m.shown = m.memory;
     }
+    DeviceMemory::get().switch_in(lid);
   }
 
   // Records what thread lid wrote to threadgroup memory while it ran.
@@ -211,11 +527,21 @@ class Group {
         m.pending[i] = m.memory[i];
       }
     }
+    std::string race = DeviceMemory::get().switch_out(lid);
+    if (!race.empty()) {
+      fail(race);
+    }
   }
 
   // A barrier publishes the threadgroup-memory writes of the threads that
-  // passed mem_threadgroup to it.
+  // passed mem_threadgroup to it, and the device-memory writes of those that
+  // passed mem_device.
   void publish() {
+    for (int lid = 0; lid < n_; lid++) {
+      if (threads_[lid].barrier_flags & MEM_DEVICE) {
+        DeviceMemory::get().publish(lid);
+      }
+    }
     for (auto& [site, m] : tg_memory_) {
       for (size_t i = 0; m.n_pending > 0 && i < m.memory.size(); i++) {
         int w = m.writer[i];
@@ -312,7 +638,8 @@ class Group {
         all_done &= t.state == State::done;
       }
       if (!all_done) {
-        fail("deadlock: threads wait at a synchronization point that never completes");
+        fail(
+            "deadlock: threads wait at a synchronization point that never completes");
         // Let every waiting thread finish without running more kernel code.
         for (auto& t : threads_) {
           if (t.state != State::done) {
@@ -360,9 +687,9 @@ struct Registered {
 
 #define MLXR_CAT2(a, b) a##b
 #define MLXR_CAT(a, b) MLXR_CAT2(a, b)
-#define MLXR_THREADGROUP(T, name, n)                                      \
-  T* name = ::mlxr_harness::Group::current()->threadgroup_array<T>( \
-      __LINE__, (n))
+#define MLXR_THREADGROUP(T, name, n) \
+  T* name =                          \
+      ::mlxr_harness::Group::current()->threadgroup_array<T>(__LINE__, (n))
 
 namespace metal {
 
