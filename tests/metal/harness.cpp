@@ -1,15 +1,17 @@
 // Runs the mlxr Metal kernels on the CPU under the shim in shim/metal_shim.h.
 //
-//   harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS [MAX]]
+//   harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR
+//               [GROUPS [MAX [LOOPED_MAX]]]
 //     FAMILY fwd|vjp, DTYPE float32|float16|bfloat16, ORDER forward|reverse|
 //     simdgroup0_last|simdgroup_eager. Reads x, r, w (fwd) or h, w, dy, dh_in
 //     (vjp) as raw arrays from DIR and writes out, h (fwd) or dh, and with a
 //     weight the float32 partials dw_partials and their sum dw (vjp) there.
 //     GROUPS replaces the backward's target number of row groups
 //     (RMS_FUSED_VJP_GROUPS), so that short tests get several rows per group;
-//     0 keeps it. MAX is the pipeline's maxTotalThreadsPerThreadgroup (1024
-//     unless given), from which eval_gpu picks the threadgroup sizes.
-//   harness geometry AXIS ROWS MAX_THREADS
+//     0 keeps it. MAX is the pipelines' maxTotalThreadsPerThreadgroup (1024
+//     unless given), from which eval_gpu picks the threadgroup sizes;
+//     LOOPED_MAX, if given, is the looped kernels' own.
+//   harness geometry AXIS ROWS MAX_THREADS [LOOPED_MAX]
 //     Prints the launches that eval_gpu would use, as key=value pairs.
 //
 // The kernel source comes in through MLXR_KERNEL_SOURCE and the launch
@@ -130,6 +132,25 @@ struct Launch {
   int rows;
   uint axis;
   size_t max_threads;
+};
+
+// The pipelines eval_gpu asks for their maxTotalThreadsPerThreadgroup: the
+// looped kernels' is looped_max, every other's max. Remembers the variant it
+// was last asked about, which eval_gpu launches.
+struct Pipelines {
+  size_t max, looped_max;
+  bool last_looped = false;
+
+  mlx::core::fast::RMSNormFusedDispatch dispatch(uint32_t axis, size_t n_groups) {
+    auto d = mlx::core::fast::rms_norm_fused_dispatch(axis, n_groups, [this](bool looped) {
+      last_looped = looped;
+      return looped ? looped_max : max;
+    });
+    if (d.looped != last_looped || d.threadgroup_size > (d.looped ? looped_max : max)) {
+      throw HarnessError("the launch is not the last pipeline asked about, or exceeds its limit");
+    }
+    return d;
+  }
 };
 
 // Each threadgroup runs to completion before the next starts, which is one of
@@ -298,13 +319,14 @@ int main_run(int argc, char** argv) {
   l.axis = axis;
   size_t target = argc >= 11 ? std::stoul(argv[10]) : 0;
   l.max_threads = argc >= 12 ? std::stoul(argv[11]) : mlxr_harness::MAX_THREADS_PER_GROUP;
+  Pipelines pipelines{l.max_threads, argc >= 13 ? std::stoul(argv[12]) : l.max_threads};
   if (family == "vjp") {
     target = target ? target : mlx::core::fast::RMS_FUSED_VJP_GROUPS;
     l.groups = mlx::core::fast::rms_norm_fused_vjp_groups(rows, target);
   } else {
     l.groups = {1, uint32_t(rows)};
   }
-  l.dispatch = mlx::core::fast::rms_norm_fused_dispatch(axis, l.groups.n_groups, l.max_threads);
+  l.dispatch = pipelines.dispatch(axis, l.groups.n_groups);
   l.name = (family == "vjp" ? "vjp_" : "") + l.dispatch.kernel_name(residual, dtype);
   std::string dir = argv[9];
   if (dtype == "float32") {
@@ -322,13 +344,14 @@ int main_run(int argc, char** argv) {
   return 0;
 }
 
-int main_geometry(char** argv) {
+int main_geometry(int argc, char** argv) {
   namespace fast = mlx::core::fast;
   uint32_t axis = std::stoul(argv[2]);
   size_t rows = std::stoul(argv[3]), max_threads = std::stoul(argv[4]);
-  auto d = fast::rms_norm_fused_dispatch(axis, rows, max_threads);
+  Pipelines pipelines{max_threads, argc >= 6 ? std::stoul(argv[5]) : max_threads};
+  auto d = pipelines.dispatch(axis, rows);
   auto g = fast::rms_norm_fused_vjp_groups(rows);
-  auto v = fast::rms_norm_fused_dispatch(axis, g.n_groups, max_threads);
+  auto v = pipelines.dispatch(axis, g.n_groups);
   auto c = fast::rms_norm_fused_combine_dispatch(axis, max_threads);
   std::cout << "looped=" << d.looped << " threadgroup_size=" << d.threadgroup_size
             << " grid_size=" << d.grid_size << " kernel=" << d.kernel_name(true, "float32")
@@ -345,14 +368,15 @@ int main_geometry(char** argv) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc >= 10 && argc <= 12 && std::string(argv[1]) == "run") {
+    if (argc >= 10 && argc <= 13 && std::string(argv[1]) == "run") {
       return main_run(argc, argv);
     }
-    if (argc == 5 && std::string(argv[1]) == "geometry") {
-      return main_geometry(argv);
+    if ((argc == 5 || argc == 6) && std::string(argv[1]) == "geometry") {
+      return main_geometry(argc, argv);
     }
-    std::cerr << "usage: harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS [MAX]]\n"
-                 "       harness geometry AXIS ROWS MAX_THREADS\n";
+    std::cerr << "usage: harness run FAMILY DTYPE ROWS AXIS RESIDUAL HAS_W ORDER DIR [GROUPS [MAX "
+                 "[LOOPED_MAX]]]\n"
+                 "       harness geometry AXIS ROWS MAX_THREADS [LOOPED_MAX]\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "harness: " << e.what() << "\n";

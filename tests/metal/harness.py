@@ -97,8 +97,10 @@ class Case:
     order: str = "reverse"
     # vjp: the target number of row groups, in place of RMS_FUSED_VJP_GROUPS.
     groups: int | None = None
-    # The pipeline's maxTotalThreadsPerThreadgroup, which eval_gpu respects.
+    # The pipelines' maxTotalThreadsPerThreadgroup, which eval_gpu respects;
+    # the looped kernels' own, if it differs.
     max_threads: int = 1024
+    looped_max_threads: int | None = None
     # Inputs are standard normal times this (large magnitudes: 100).
     scale: float = 1.0
 
@@ -123,6 +125,8 @@ def run(binary: Path, case: Case, work: Path, timeout: float = TIMEOUT_S) -> dic
         str(int(case.residual)), str(int(case.has_w)), case.order, str(work),
     ]  # fmt: skip
     cmd += [str(case.groups or 0), str(case.max_threads)]
+    if case.looped_max_threads is not None:
+        cmd.append(str(case.looped_max_threads))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -133,6 +137,7 @@ def run(binary: Path, case: Case, work: Path, timeout: float = TIMEOUT_S) -> dic
     arrays["groups"] = int(launch["groups"])
     arrays["rows_per_group"] = int(launch["rows_per_group"])
     arrays["threadgroup"] = int(launch["threadgroup"])
+    arrays["kernel"] = launch["ran"]
     shapes = {"out": (case.rows, case.axis), "h": (case.rows, case.axis)}
     shapes |= {"dh": (case.rows, case.axis), "dw_partials": (arrays["groups"], case.axis)}
     shapes["dw"] = (case.axis,)
@@ -149,9 +154,10 @@ class HarnessFailure(AssertionError):
     pass
 
 
-def geometry(binary: Path, axis: int, rows: int, max_threads: int = 1024) -> dict[str, str]:
-    out = subprocess.run(
-        [str(binary), "geometry", str(axis), str(rows), str(max_threads)],
-        capture_output=True, text=True, check=True, timeout=TIMEOUT_S,
-    ).stdout  # fmt: skip
+def geometry(
+    binary: Path, axis: int, rows: int, max_threads: int = 1024, looped_max: int | None = None
+) -> dict[str, str]:
+    cmd = [str(binary), "geometry", str(axis), str(rows), str(max_threads)]
+    cmd += [] if looped_max is None else [str(looped_max)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=TIMEOUT_S).stdout
     return dict(item.split("=", 1) for item in out.split())

@@ -59,23 +59,26 @@ void RMSNormFused::eval_gpu(
   }
   size_t n_rows = y.size() / axis_size;
 
-  // The variant depends on the row length alone; the looped one then takes
-  // the largest threadgroup its pipeline allows.
+  // The variant depends on the row length and on how many threads the
+  // single-row pipeline allows; the looped one takes the largest threadgroup
+  // its pipeline allows. The last pipeline asked about is the one to launch.
   bool has_offset = weight_offset_ != 0;
-  auto name = rms_norm_fused_dispatch(axis_size, n_rows, 0)
-                  .kernel_name(has_residual_, type_to_name(y));
-  auto hash_name = name + (norm_branch_ ? "_branch" : "") +
-      (norm_output_ ? "" : "_post") + (has_offset ? "_offset" : "") +
-      (clip_residual_ ? "_clip" : "");
   metal::MTLFCList func_consts = {
       {&norm_branch_, MTL::DataType::DataTypeBool, 21},
       {&norm_output_, MTL::DataType::DataTypeBool, 22},
       {&has_offset, MTL::DataType::DataTypeBool, 23},
       {&clip_residual_, MTL::DataType::DataTypeBool, 24},
   };
-  auto kernel = d.get_kernel(name, hash_name, func_consts);
-  auto dispatch = rms_norm_fused_dispatch(
-      axis_size, n_rows, kernel->maxTotalThreadsPerThreadgroup());
+  MTL::ComputePipelineState* kernel = nullptr;
+  auto dispatch = rms_norm_fused_dispatch(axis_size, n_rows, [&](bool looped) {
+    auto name = RMSNormFusedDispatch::kernel_name(
+        looped, has_residual_, type_to_name(y));
+    auto hash_name = name + (norm_branch_ ? "_branch" : "") +
+        (norm_output_ ? "" : "_post") + (has_offset ? "_offset" : "") +
+        (clip_residual_ ? "_clip" : "");
+    kernel = d.get_kernel(name, hash_name, func_consts);
+    return kernel->maxTotalThreadsPerThreadgroup();
+  });
   assert(dispatch.threadgroup_size <= kernel->maxTotalThreadsPerThreadgroup());
 
   auto weight_stride = [](const array& w) -> uint32_t {
@@ -141,20 +144,24 @@ void RMSNormFusedVJP::eval_gpu(
     compute_encoder.add_temporary(gw_partials);
   }
 
-  auto name = "vjp_" +
-      rms_norm_fused_dispatch(axis_size, groups.n_groups, 0)
-          .kernel_name(has_residual_, type_to_name(gx));
   metal::MTLFCList func_consts = {
       {&has_w, MTL::DataType::DataTypeBool, 20},
       {&has_offset, MTL::DataType::DataTypeBool, 23},
   };
   {
-    auto kernel = d.get_kernel(
-        name,
-        name + (has_w ? "_w" : "_now") + (has_offset ? "_offset" : ""),
-        func_consts);
-    auto dispatch = rms_norm_fused_dispatch(
-        axis_size, groups.n_groups, kernel->maxTotalThreadsPerThreadgroup());
+    // As in the forward: the last pipeline asked about is the one to launch.
+    MTL::ComputePipelineState* kernel = nullptr;
+    auto dispatch =
+        rms_norm_fused_dispatch(axis_size, groups.n_groups, [&](bool looped) {
+          auto name = "vjp_" +
+              RMSNormFusedDispatch::kernel_name(
+                          looped, has_residual_, type_to_name(gx));
+          kernel = d.get_kernel(
+              name,
+              name + (has_w ? "_w" : "_now") + (has_offset ? "_offset" : ""),
+              func_consts);
+          return kernel->maxTotalThreadsPerThreadgroup();
+        });
     assert(
         dispatch.threadgroup_size <= kernel->maxTotalThreadsPerThreadgroup());
 

@@ -18,8 +18,8 @@ struct RMSNormFusedDispatch {
   size_t threadgroup_size;
   size_t grid_size;
 
-  std::string kernel_name(bool has_residual, const std::string& type_name)
-      const {
+  static std::string
+  kernel_name(bool looped, bool has_residual, const std::string& type_name) {
     std::string name = "rms_fused";
     if (has_residual) {
       name += "_residual";
@@ -29,25 +29,39 @@ struct RMSNormFusedDispatch {
     }
     return name + type_name;
   }
+
+  std::string kernel_name(bool has_residual, const std::string& type_name)
+      const {
+    return kernel_name(looped, has_residual, type_name);
+  }
 };
 
 // One threadgroup per row (per group of rows in the backward). Rows up to
 // RMS_LOOPED_LIMIT are held in registers, RMS_N_READS values per thread, by
-// the smallest whole number of simdgroups; longer rows are looped over by the
-// largest threadgroup the kernel allows.
-inline RMSNormFusedDispatch rms_norm_fused_dispatch(
+// the smallest whole number of simdgroups, if the single-row kernel's pipeline
+// allows that many threads. Other rows are looped over by the largest
+// threadgroup the looped kernel's pipeline allows.
+//
+// max_threadgroup_size(looped) is the maxTotalThreadsPerThreadgroup of the
+// pipeline of that variant. It is asked about the single-row variant only for
+// rows that fit it, and about the looped one only when that one runs, so the
+// last pipeline asked about is the one to launch.
+template <typename MaxThreadgroupSize>
+RMSNormFusedDispatch rms_norm_fused_dispatch(
     uint32_t axis_size,
     size_t n_groups,
-    size_t max_threadgroup_size) {
+    MaxThreadgroupSize&& max_threadgroup_size) {
   constexpr size_t simd_size = 32;
   RMSNormFusedDispatch d;
   d.looped = axis_size > RMS_LOOPED_LIMIT;
-  if (d.looped) {
-    d.threadgroup_size = max_threadgroup_size;
-  } else {
+  if (!d.looped) {
     size_t threads_needed = (axis_size + RMS_N_READS - 1) / RMS_N_READS;
     size_t simds_needed = (threads_needed + simd_size - 1) / simd_size;
     d.threadgroup_size = simd_size * std::max<size_t>(simds_needed, 1);
+    d.looped = d.threadgroup_size > max_threadgroup_size(false);
+  }
+  if (d.looped) {
+    d.threadgroup_size = max_threadgroup_size(true);
   }
   d.grid_size = n_groups * d.threadgroup_size;
   return d;
