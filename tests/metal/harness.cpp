@@ -153,16 +153,20 @@ struct Pipelines {
   }
 };
 
-// Each threadgroup runs to completion before the next starts, which is one of
-// the schedules Metal allows; what one writes to device memory stays hidden
-// from the others until the launch ends.
+// Each threadgroup runs to completion before the next starts, in increasing
+// order (decreasing under the reverse schedule), which are schedules Metal
+// allows; what one writes to device memory stays hidden from the others until
+// the launch ends, so a group that reads another's writes fails in one order
+// or the other.
 template <typename F>
 void for_each_thread(size_t grid_size, size_t threadgroup_size, Order order, F&& call) {
   if (grid_size % threadgroup_size != 0) {
     throw HarnessError("grid is not a whole number of threadgroups");
   }
   mlxr_harness::DeviceLaunch launch;
-  for (size_t gid = 0; gid < grid_size / threadgroup_size; gid++) {
+  size_t n_groups = grid_size / threadgroup_size;
+  for (size_t i = 0; i < n_groups; i++) {
+    size_t gid = order == Order::reverse ? n_groups - 1 - i : i;
     Group group(static_cast<int>(threadgroup_size), order);
     group.run([&](int lid) { call(uint(gid), uint(lid)); });
   }
