@@ -197,26 +197,32 @@ def test_every_entry_point(
 
 # Every threadgroup size eval_gpu can choose. The single-row kernels take the
 # fewest simdgroups that hold the row, four values a thread: k simdgroups for
-# rows of 128 (k - 1) + 1 to 128 k. The row lengths step through every
-# remainder modulo the four values of a thread.
-SINGLE_ROW_SIZES = [(32 * k, 128 * k - k % 4) for k in range(1, 33)]
+# rows of 128 (k - 1) + 1 to 128 k. Each of the four runs at every size, at the
+# shortest row of that size (just past a simdgroup boundary) or at one of the
+# longest (128 k - k % 4: every remainder modulo the four values of a thread
+# in turn, the boundary itself at every fourth size), alternately; the dtype
+# and whether there is a weight turn too.
+SINGLE_ROW_KERNELS = (("fwd", False), ("fwd", True), ("vjp", False), ("vjp", True))
 
 
-@pytest.mark.parametrize(("threadgroup", "axis"), SINGLE_ROW_SIZES, ids=str)
-def test_every_single_row_threadgroup_size(
-    harness: Path, tmp_path: Path, threadgroup: int, axis: int
+@pytest.mark.parametrize("simdgroups", range(1, 33), ids=lambda k: f"{32 * k}-threads")
+def test_every_single_row_kernel_at_every_threadgroup_size(
+    harness: Path, tmp_path: Path, simdgroups: int
 ) -> None:
-    for family, residual in (("fwd", True), ("vjp", False)):
-        case = Case(family, "float32", 3, axis, residual=residual, has_w=True, groups=2)
-        arrays = run(harness, case, tmp_path / family)
-        assert arrays["threadgroup"] == threadgroup
+    k = simdgroups
+    for j, (family, residual) in enumerate(SINGLE_ROW_KERNELS):
+        axis = 128 * (k - 1) + 1 if (j + k) % 2 else 128 * k - k % 4
+        dtype, has_w = DTYPES[(j + k) % 3], (j + k) % 3 != 1
+        case = Case(family, dtype, 3, axis, residual=residual, has_w=has_w, groups=2)
+        arrays = run(harness, case, tmp_path / str(j))
+        assert arrays["threadgroup"] == 32 * k and "_looped" not in arrays["kernel"]
         check(case, arrays)
 
 
 # The looped kernels take the pipeline's maxTotalThreadsPerThreadgroup, which
 # Metal may set to any multiple of the simdgroup width up to 1024 (less when
 # a kernel needs many registers); the combine takes at most 256 of it.
-PIPELINE_LIMITS = (32, 64, 96, 256, 512, 992, 1024)
+PIPELINE_LIMITS = range(32, 1025, 32)
 
 
 @pytest.mark.parametrize("max_threads", PIPELINE_LIMITS)
@@ -226,19 +232,31 @@ def test_looped_kernels_at_every_pipeline_limit(
 ) -> None:
     # 4097: a partial last pass at any size; 8200 crosses the passes of 1024
     # threads too.
+    dtype = DTYPES[max_threads // 32 % 3]
     for i, (axis, residual) in enumerate(((4097, True), (8200, False))):
         case = Case(
-            family, "bfloat16", 3, axis, residual=residual, has_w=True, groups=2,
+            family, dtype, 3, axis, residual=residual, has_w=True, groups=2,
             max_threads=max_threads,
         )  # fmt: skip
         arrays = run(harness, case, tmp_path / str(i))
-        assert arrays["threadgroup"] == max_threads
+        assert arrays["threadgroup"] == max_threads and "_looped" in arrays["kernel"]
         check(case, arrays)
+
+
+# The combine, one thread per column: whole simdgroups up to 256 threads (or
+# the pipeline's limit, above). Each size at its shortest and longest rows.
+@pytest.mark.parametrize("threads", range(32, 257, 32))
+def test_combine_at_every_threadgroup_size(harness: Path, tmp_path: Path, threads: int) -> None:
+    for i, axis in enumerate((threads - 31, threads)):
+        assert geometry(harness, axis, 5)["combine_threadgroup_size"] == str(threads)
+        dtype = DTYPES[(threads // 32 + i) % 3]
+        case = Case("vjp", dtype, 5, axis, residual=i == 0, has_w=True, groups=3)
+        check(case, run(harness, case, tmp_path / str(i)))
 
 
 # Row lengths on each side of every vector (4 values) and simdgroup (128
 # values) boundary, of the largest single-row launch, and of whole passes of
-# the looped kernels (4096 values a pass at 1024 threads).
+# the looped kernels (4096 values a pass at 1024 threads); every kernel.
 BOUNDARY_AXES = (2, 3, 4, 5, 127, 128, 129, 4094, 8191, 8192, 8193, 12289)
 
 
@@ -247,8 +265,8 @@ BOUNDARY_AXES = (2, 3, 4, 5, 127, 128, 129, 4094, 8191, 8192, 8193, 12289)
 def test_row_lengths_at_every_boundary(
     harness: Path, tmp_path: Path, family: str, axis: int
 ) -> None:
-    for dtype in ("float32", "float16"):
-        case = Case(family, dtype, 3, axis, residual=True, has_w=True, groups=2)
+    for dtype, residual in (("float32", True), ("float16", False)):
+        case = Case(family, dtype, 3, axis, residual=residual, has_w=True, groups=2)
         check(case, run(harness, case, tmp_path / dtype))
 
 
@@ -294,10 +312,18 @@ def test_row_offsets_are_64_bit() -> None:
     assert row * axis == 2**32
 
 
-@pytest.mark.parametrize("axis", (33, 4096, 8200))
+# 33: single-row, one simdgroup and part of another; 4096: single-row, 32
+# simdgroups; 8200: looped. Both forward kernels, in a dtype for each length.
+SCHEDULE_FORWARD = [(33, "float32"), (4096, "float16"), (8200, "bfloat16")]
+
+
+@pytest.mark.parametrize(("axis", "dtype"), SCHEDULE_FORWARD, ids=str)
+@pytest.mark.parametrize("residual", (True, False), ids=("residual", "plain"))
 @pytest.mark.parametrize("order", ORDERS)
-def test_every_schedule_forward(harness: Path, tmp_path: Path, order: str, axis: int) -> None:
-    case = Case("fwd", "float32", rows=3, axis=axis, residual=True, has_w=True, order=order)
+def test_every_schedule_forward(
+    harness: Path, tmp_path: Path, order: str, residual: bool, axis: int, dtype: str
+) -> None:
+    case = Case("fwd", dtype, rows=3, axis=axis, residual=residual, has_w=True, order=order)
     check(case, run(harness, case, tmp_path))
 
 
