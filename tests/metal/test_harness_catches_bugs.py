@@ -54,9 +54,10 @@ def test_off_by_one_in_the_tail_loop_is_caught(tmp_path: Path, rows: int, error:
 
 def test_a_read_past_the_buffer_is_caught_under_address_sanitizer(tmp_path: Path) -> None:
     # One row of 32: the last thread reads one value past x, r and w, which
-    # the guards of the ordinary build only show as wrong results.
+    # the guards of the ordinary build only show as wrong results. (The third
+    # bound check is the read of x and r, as in test_off_by_one_in_a_read.)
     broken = mutate_in_single_row(
-        r"lid \* N_READS \+ i < axis_size", "lid * N_READS + i <= axis_size", 0
+        r"lid \* N_READS \+ i < axis_size", "lid * N_READS + i <= axis_size", 2
     )
     binary = compile_harness(broken, "broken-read-asan", asan=True)
     case = Case("fwd", "float32", rows=1, axis=32, residual=True, has_w=True)
