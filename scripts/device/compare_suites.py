@@ -10,7 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlxrtools.upstream_suite import SuiteResult, compare, parse_junit  # noqa: E402
+from mlxrtools.environment.upstream_suite import (  # noqa: E402
+    SuiteResult,
+    compare,
+    parse_junit,
+)
 
 
 def load(path: Path) -> SuiteResult:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from harness import HERE, KERNEL, ROOT, Case, compile_harness, geometry, run
-from mlxrtools.applier import add_worktree, commit_series, remove_worktree
-from mlxrtools.gitcmd import submodule_pin
 from mlxrtools.layout import Layout
-from mlxrtools.series import load_patches
+from mlxrtools.queue.apply import commit_series
+from mlxrtools.queue.git import add_worktree, remove_worktree, submodule_pin
+from mlxrtools.queue.series import load_patches
 from test_metal_kernels import check
 
 HOST_FILES = sorted(

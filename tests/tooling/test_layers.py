@@ -16,14 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "scripts" / "mlxrtools"
 BASE = {"mlxrtools", "mlxrtools.errors", "mlxrtools.layout", "mlxrtools.progress"}
-# Old names kept for code outside the tooling; each only re-exports.
-MOVED = {
-    "mlxrtools.applier",
-    "mlxrtools.gitcmd",
-    "mlxrtools.install",
-    "mlxrtools.series",
-    "mlxrtools.upstream_suite",
-}
 # What each layer may import from mlxrtools, besides itself.
 BELOW = {
     "base": set(),
@@ -31,7 +23,6 @@ BELOW = {
     "environment": {"base", "queue"},
     "verbs": {"base", "queue", "environment", "payloads"},
     "payloads": set(),
-    "moved": {"queue", "environment"},
 }
 
 
@@ -46,8 +37,6 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 def layer(module: str) -> str:
     if module in BASE:
         return "base"
-    if module in MOVED:
-        return "moved"
     return module.split(".")[1]
 
 
@@ -93,13 +82,6 @@ def test_only_the_bench_options_cross_from_the_payloads() -> None:
         m for v in MODULES if layer(v) == "verbs" for m in imported(v) if layer(m) == "payloads"
     }
     assert crossing == {"mlxrtools.payloads.bench_options"}
-
-
-def test_moved_names_only_re_export() -> None:
-    for module in MOVED:
-        tree = ast.parse(MODULES[module].read_text())
-        body = [n for n in tree.body if not isinstance(n, ast.Expr)]  # the docstring
-        assert all(isinstance(n, ast.ImportFrom) for n in body), module
 
 
 def test_build_paths_are_named_only_in_layout() -> None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlxrtools.install import install_wheel, mlx_file_owners
+from mlxrtools.environment.venv import install_wheel, mlx_file_owners
 
 
 def our_wheel() -> Path:
