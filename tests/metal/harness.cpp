@@ -19,6 +19,7 @@
 // calls.
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <type_traits>
@@ -177,47 +178,75 @@ void for_each_thread(const Launch& l, F&& call) {
   for_each_thread(l.dispatch.grid_size, l.dispatch.threadgroup_size, l.order, call);
 }
 
+// The form's function constants and offset, from MLXR_FORM ("norm_branch
+// norm_output weight_offset clip_residual"; the pre-norm and plain forms,
+// "0 1 0 0", when unset).
+struct Form {
+  bool norm_branch = false;
+  bool norm_output = true;
+  float weight_offset = 0.0f;
+  bool clip_residual = false;
+
+  static Form from_env() {
+    Form f;
+    if (const char* text = std::getenv("MLXR_FORM")) {
+      int branch, output, clip;
+      if (std::sscanf(text, "%d %d %f %d", &branch, &output, &f.weight_offset, &clip) != 4) {
+        throw HarnessError(std::string("bad MLXR_FORM: ") + text);
+      }
+      f.norm_branch = branch;
+      f.norm_output = output;
+      f.clip_residual = clip;
+    }
+    return f;
+  }
+};
+
 template <typename T>
 void run_forward(const Launch& l, bool residual, bool has_weight, const std::string& dir) {
   size_t n = size_t(l.rows) * l.axis;
-  Buffer<T> x(n), r(n), w(has_weight ? l.axis : 1), out(n), h(n);
+  Form form = Form::from_env();
+  Buffer<T> x(n), r(n), w(has_weight ? l.axis : 1), wb(has_weight ? l.axis : 1), out(n), h(n);
   x.load(dir + "/x.bin");
   if (residual) {
     r.load(dir + "/r.bin");
   }
   if (has_weight) {
     w.load(dir + "/w.bin");
+    wb.load(dir + "/wb.bin");
   } else {
     w.data()[0] = T(1.0f);
+    wb.data()[0] = T(1.0f);
   }
   float eps = 1e-5f;
   uint axis = l.axis;
   uint w_stride = has_weight ? 1 : 0;
   uint lsize = l.dispatch.threadgroup_size;
-  // As eval_gpu binds them: without a residual, r is x and h is out.
+  // As eval_gpu binds them: without a residual, r is x and h is out; without
+  // an output norm, out is h. The branch weight is read only by the forms that
+  // normalize x first.
   T* r_ptr = residual ? r.data() : x.data();
   T* h_ptr = residual ? h.data() : out.data();
-  // The pre-norm and plain forms, as eval_gpu binds them: the branch weight
-  // is the weight, unread.
-  norm_branch = false;
-  norm_output = true;
-  has_offset = false;
-  clip_residual = false;
-  float weight_offset = 0.0f;
+  T* out_ptr = form.norm_output ? out.data() : h_ptr;
+  norm_branch = form.norm_branch;
+  norm_output = form.norm_output;
+  has_offset = form.weight_offset != 0.0f;
+  clip_residual = form.clip_residual;
+  float weight_offset = form.weight_offset;
   void* kernel = find_kernel(l.name);
   for_each_thread(l, [&](uint gid, uint lid) {
     if (l.dispatch.looped) {
       using Fn = void (*)(const T*, const T*, const T*, T*, T*, float&, uint&, uint&,
                           const T*, uint&, float&, uint, uint, uint, uint, uint);
-      reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out.data(), h_ptr, eps,
-                                   axis, w_stride, w.data(), w_stride, weight_offset, gid,
-                                   lid, lsize, lid % 32, lid / 32);
+      reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out_ptr, h_ptr, eps, axis,
+                                   w_stride, wb.data(), w_stride, weight_offset, gid, lid,
+                                   lsize, lid % 32, lid / 32);
     } else {
       using Fn = void (*)(const T*, const T*, const T*, T*, T*, float&, uint&, uint&,
                           const T*, uint&, float&, uint, uint, uint, uint);
-      reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out.data(), h_ptr, eps,
-                                   axis, w_stride, w.data(), w_stride, weight_offset, gid,
-                                   lid, lid % 32, lid / 32);
+      reinterpret_cast<Fn>(kernel)(x.data(), r_ptr, w.data(), out_ptr, h_ptr, eps, axis,
+                                   w_stride, wb.data(), w_stride, weight_offset, gid, lid,
+                                   lid % 32, lid / 32);
     }
   });
   out.check_guards("out");
@@ -225,7 +254,10 @@ void run_forward(const Launch& l, bool residual, bool has_weight, const std::str
   x.check_guards("x");
   r.check_guards("r");
   w.check_guards("w");
-  out.save(dir + "/out.bin");
+  wb.check_guards("wb");
+  if (form.norm_output) {
+    out.save(dir + "/out.bin");
+  }
   if (residual) {
     h.save(dir + "/h.bin");
   }
@@ -257,8 +289,9 @@ void run_vjp(const Launch& l, bool residual, bool has_weight, const std::string&
   uint n_groups = l.groups.n_groups;
   uint lsize = l.dispatch.threadgroup_size;
   const T* dh_in_ptr = residual ? dh_in.data() : dy.data();
-  has_offset = false;
-  float weight_offset = 0.0f;
+  // The backward takes only the offset of the form.
+  float weight_offset = Form::from_env().weight_offset;
+  has_offset = weight_offset != 0.0f;
   void* kernel = find_kernel(l.name);
   for_each_thread(l, [&](uint gid, uint lid) {
     if (l.dispatch.looped) {

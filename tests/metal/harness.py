@@ -103,6 +103,15 @@ class Case:
     looped_max_threads: int | None = None
     # Inputs are standard normal times this (large magnitudes: 100).
     scale: float = 1.0
+    # The form (see RMSNormFused): x normalized with the branch weight before
+    # the add (branch), no output norm (post), the weight offset, the clipped
+    # float16 add. The backward takes only the offset.
+    branch: bool = False
+    post: bool = False
+    offset: float = 0.0
+    clip: bool = False
+    # The residual r is standard normal times this (a large one makes clip act).
+    residual_scale: float = 1.0
 
     def inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed + self.axis)
@@ -110,7 +119,16 @@ class Case:
         names = ("x", "r") if self.family == "fwd" else ("h", "dy", "dh_in")
         arrays = {n: to_storage(self.scale * rng.normal(size=shape), self.dtype) for n in names}
         arrays["w"] = to_storage(rng.normal(size=self.axis), self.dtype)
+        arrays["wb"] = to_storage(rng.normal(size=self.axis), self.dtype)
+        if self.family == "fwd" and self.residual_scale != 1.0:
+            # Kept within the dtype's range: the sums, not the residual, overflow.
+            big = np.clip(self.residual_scale * to_f32(arrays["r"], self.dtype), -65504, 65504)
+            arrays["r"] = to_storage(big, self.dtype)
         return arrays
+
+    def form_env(self) -> dict[str, str]:
+        form = f"{int(self.branch)} {int(not self.post)} {self.offset!r} {int(self.clip)}"
+        return {**os.environ, "MLXR_FORM": form}
 
 
 def run(binary: Path, case: Case, work: Path, timeout: float = TIMEOUT_S) -> dict[str, np.ndarray]:
@@ -128,7 +146,9 @@ def run(binary: Path, case: Case, work: Path, timeout: float = TIMEOUT_S) -> dic
     if case.looped_max_threads is not None:
         cmd.append(str(case.looped_max_threads))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=case.form_env()
+        )
     except subprocess.TimeoutExpired:
         raise HarnessFailure(f"hang: the harness ran past {timeout} s") from None
     if proc.returncode != 0:
@@ -144,6 +164,8 @@ def run(binary: Path, case: Case, work: Path, timeout: float = TIMEOUT_S) -> dic
     outputs = ("out", "h") if case.family == "fwd" else ("dh", "dw_partials", "dw")
     for name in outputs:
         if name == "h" and not case.residual or name.startswith("dw") and not case.has_w:
+            continue
+        if name == "out" and case.post:
             continue
         kind = np.float32 if name == "dw_partials" else storage_type(case.dtype)
         arrays[f"{name}_out"] = np.fromfile(work / f"{name}.bin", dtype=kind).reshape(shapes[name])

@@ -411,3 +411,25 @@ def test_another_rounding_order_is_caught_bit_for_bit(tmp_path: Path) -> None:
     case = Case("fwd", "float32", rows=64, axis=33, residual=False, has_w=True)
     with pytest.raises(AssertionError, match="rounding order"):
         check(case, run(binary, case, tmp_path))
+
+
+def test_an_offset_rounded_to_the_weight_type_is_caught(tmp_path: Path) -> None:
+    # 1 + w rounded to bfloat16 first, as mlx-lm's Gemma norms compute it: within
+    # every tolerance, but not the contract's rounding order.
+    broken = mutate(
+        r"\(offset \+ static_cast<float>\(w\)\)",
+        "static_cast<float>(static_cast<T>(offset + static_cast<float>(w)))",
+    )
+    binary = compile_harness(broken, "broken-offset-rounding")
+    case = Case("fwd", "bfloat16", 2, 256, residual=True, has_w=True, branch=True, offset=1.0)
+    with pytest.raises(AssertionError, match="differs|relative error"):
+        check(case, run(binary, case, tmp_path))
+
+
+def test_a_branch_norm_with_the_output_weight_is_caught(tmp_path: Path) -> None:
+    # The sandwich form's first norm taking the weight of the second.
+    broken = mutate_in_single_row(r"w_branch\[w_branch_stride \* i\]", "w[w_stride * i]", 0)
+    binary = compile_harness(broken, "broken-branch-weight")
+    case = Case("fwd", "float16", 2, 256, residual=True, has_w=True, branch=True)
+    with pytest.raises(AssertionError, match="h differs"):
+        check(case, run(binary, case, tmp_path))

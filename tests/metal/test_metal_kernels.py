@@ -52,7 +52,9 @@ def f64(a: np.ndarray, dtype: str) -> np.ndarray:
     return to_f32(a, dtype).astype(np.float64)
 
 
-def forward_bits(h: np.ndarray, w: np.ndarray | None, dtype: str, lsize: int) -> np.ndarray:
+def forward_bits(
+    h: np.ndarray, w: np.ndarray | None, dtype: str, lsize: int, offset: float = 0.0
+) -> np.ndarray:
     """y exactly as the forward kernels compute it, from h as stored.
 
     Thread lid holds columns c + lid * 4 + i of each pass c (a single pass
@@ -60,7 +62,8 @@ def forward_bits(h: np.ndarray, w: np.ndarray | None, dtype: str, lsize: int) ->
     threads' sums go through threadgroup_sum: simd_sum in each simdgroup
     (lane order, as the harness's simd_sum adds them), then the simdgroups'
     sums in simdgroup order. inv = 1 / sqrt(sum / axis + eps), each step in
-    float32; y = w * T(h * inv), every product rounded to its type."""
+    float32; y = w * T(h * inv), every product rounded to its type, or with an
+    offset T((h * inv) * (offset + w)) in float32, rounded once."""
     rows, axis = h.shape
     h32 = to_f32(h, dtype)
     per_pass = lsize * 4
@@ -80,30 +83,55 @@ def forward_bits(h: np.ndarray, w: np.ndarray | None, dtype: str, lsize: int) ->
     for g in range(lsize // 32):
         total = total + simd[:, g]
     inv = np.float32(1) / np.sqrt(total / np.float32(axis) + np.float32(EPS))
-    normalized = to_f32(to_storage(h32 * inv[:, None], dtype), dtype)
     w32 = np.float32(1) if w is None else to_f32(w, dtype)
+    if offset:
+        return to_storage((h32 * inv[:, None]) * (np.float32(offset) + w32), dtype)
+    normalized = to_f32(to_storage(h32 * inv[:, None], dtype), dtype)
     return to_storage(w32 * normalized, dtype)
 
 
+def residual_sum(b: np.ndarray, r: np.ndarray, dtype: str, clip: bool) -> np.ndarray:
+    """h = b + r as stored: the float32 sum rounded to the dtype, clipped to the
+    float16 range first with clip (Gemma 3's clip_residual)."""
+    total = to_f32(b, dtype) + to_f32(r, dtype)
+    if clip:
+        total = np.where(np.isnan(total), total, np.clip(total, -65504.0, 65504.0))
+    return to_storage(total.astype(np.float32), dtype)
+
+
+def same_values(got: np.ndarray, want: np.ndarray, dtype: str) -> int:
+    """How many stored values differ, bit for bit."""
+    unsigned = np.uint32 if dtype == "float32" else np.uint16
+    return int(np.count_nonzero(got.view(unsigned) != want.view(unsigned)))
+
+
 def check_forward(case: Case, arrays: dict[str, np.ndarray]) -> None:
+    lsize = arrays["threadgroup"]
+    w = arrays["w"] if case.has_w else None
     x = arrays["x"]
+    if case.branch:
+        # The branch norm of x, as the plain form computes it, rounded.
+        x = forward_bits(x, arrays["wb"] if case.has_w else None, case.dtype, lsize, case.offset)
     if case.residual:
-        # h is x + r rounded to the dtype, bit for bit.
-        h = to_storage(to_f32(x, case.dtype) + to_f32(arrays["r"], case.dtype), case.dtype)
-        assert np.array_equal(arrays["h_out"].view(h.dtype), h), "h differs from x + r"
+        # h is b + r rounded to the dtype, bit for bit.
+        h = residual_sum(x, arrays["r"], case.dtype, case.clip)
+        differ = same_values(arrays["h_out"], h, case.dtype)
+        assert differ == 0, f"h differs from b + r in {differ} values"
     else:
         h = x
+    if case.post:
+        return
     h64 = f64(h, case.dtype)
     ref = h64 / np.sqrt(np.mean(h64 * h64, axis=-1, keepdims=True) + EPS)
     if case.has_w:
-        ref = ref * f64(arrays["w"], case.dtype)
+        ref = ref * (case.offset + f64(arrays["w"], case.dtype))
     got = f64(arrays["out_out"], case.dtype)
     scale = np.maximum(np.abs(ref), SMALLEST_NORMAL[case.dtype])
     worst = float((np.abs(got - ref) / scale).max())
     assert worst <= REF_RTOL[case.dtype], f"relative error {worst:.3g}"
-    bits = forward_bits(h, arrays["w"] if case.has_w else None, case.dtype, arrays["threadgroup"])
-    unsigned = np.uint32 if case.dtype == "float32" else np.uint16
-    differ = int(np.count_nonzero(arrays["out_out"].view(unsigned) != bits.view(unsigned)))
+    differ = same_values(
+        arrays["out_out"], forward_bits(h, w, case.dtype, lsize, case.offset), case.dtype
+    )
     assert differ == 0, f"y differs from the kernel's rounding order in {differ} values"
 
 
@@ -129,7 +157,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 def check_vjp(case: Case, arrays: dict[str, np.ndarray]) -> None:
     h, g = f64(arrays["h"], case.dtype), f64(arrays["dy"], case.dtype)
-    w = f64(arrays["w"], case.dtype) if case.has_w else np.ones(case.axis)
+    w = case.offset + f64(arrays["w"], case.dtype) if case.has_w else np.ones(case.axis)
     inv = 1 / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + EPS)
     mean_gwh = np.mean(g * w * h, axis=-1, keepdims=True)
     terms = [g * w * inv, -h * mean_gwh * inv**3]
@@ -192,6 +220,62 @@ def test_every_entry_point(
     # The backward: 5 rows in groups of 3 and 2.
     rows, groups = (2, None) if family == "fwd" else (5, 2)
     case = Case(family, dtype, rows, axis, residual=residual, has_w=has_w, groups=groups)
+    check(case, run(harness, case, tmp_path))
+
+
+# The norm forms (function constants of the same kernels): post-norm and
+# sandwich, each with and without the weight offset, at row lengths that take
+# one simdgroup, several, and the looped kernel, under the schedule that lets
+# simdgroups run ahead and the one that runs threadgroups backwards.
+FORMS = {
+    "post": {"branch": True, "post": True},
+    "sandwich": {"branch": True},
+    "pre": {},
+}
+# The pre-norm form without an offset is test_every_entry_point's.
+FORM_OFFSETS = [(f, o) for f in FORMS for o in (0.0, 1.0) if f != "pre" or o]
+
+
+@pytest.mark.parametrize("order", ("reverse", "simdgroup_eager"))
+@pytest.mark.parametrize("axis", (33, 4096, 8200))
+@pytest.mark.parametrize(("form", "offset"), FORM_OFFSETS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_form(
+    harness: Path, tmp_path: Path, dtype: str, form: str, offset: float, axis: int, order: str
+) -> None:
+    case = Case(
+        "fwd", dtype, 3, axis, residual=True, has_w=True, order=order, offset=offset, **FORMS[form]
+    )
+    check(case, run(harness, case, tmp_path))
+
+
+@pytest.mark.parametrize("form", ("post", "sandwich", "pre"))
+@pytest.mark.parametrize("axis", (33, 8200))
+def test_clipped_float16_residual(harness: Path, tmp_path: Path, form: str, axis: int) -> None:
+    # Residuals near the float16 limit: many sums go past it and are clipped.
+    case = Case(
+        "fwd",
+        "float16",
+        2,
+        axis,
+        residual=True,
+        has_w=True,
+        clip=True,
+        offset=1.0,
+        residual_scale=40000.0,
+        **FORMS[form],
+    )
+    arrays = run(harness, case, tmp_path)
+    check(case, arrays)
+    assert np.any(np.abs(to_f32(arrays["h_out"], "float16")) == 65504.0)
+
+
+@pytest.mark.parametrize("axis", (33, 4097))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_with_the_weight_offset(
+    harness: Path, tmp_path: Path, dtype: str, axis: int
+) -> None:
+    case = Case("vjp", dtype, 5, axis, residual=True, has_w=True, groups=2, offset=1.0)
     check(case, run(harness, case, tmp_path))
 
 
