@@ -24,12 +24,18 @@ from .bench_report import (
     COPY_FORM,
     EPS,
     FUSED,
+    FUSED_GEMMA,
+    FUSED_POST,
     FUSED_RES,
     FUSED_RES_VJP,
+    FUSED_SANDWICH,
     FUSED_VJP,
     PLAIN,
     RESIDUAL,
+    UNFUSED_GEMMA,
+    UNFUSED_POST,
     UNFUSED_RES_VJP,
+    UNFUSED_SANDWICH,
     UPSTREAM,
     UPSTREAM_RES,
     UPSTREAM_VJP,
@@ -162,11 +168,30 @@ def bench_shape(
     """The forward cases at one shape and dtype."""
     s = mx.default_stream(device)
     x, r, w = random_inputs(rows, hidden, DTYPES[dtype_name], 2)
+    wb = random_inputs(1, hidden, DTYPES[dtype_name], 0)[0]
     n = x.nbytes
 
     def upstream_residual() -> Arrays:
         h = mx.add(x, r, stream=s)
         return [mx.fast.rms_norm(h, w, EPS, stream=s), h]
+
+    def unfused_post() -> Arrays:
+        return [mx.add(r, mx.fast.rms_norm(x, w, EPS, stream=s), stream=s)]
+
+    def unfused_sandwich(offset: float) -> Arrays:
+        # mlx-lm's Gemma norms add the offset to the weight in its own type.
+        wb_, w_ = (wb, w)
+        if offset:
+            wb_, w_ = mx.add(wb, offset, stream=s), mx.add(w, offset, stream=s)
+        h = mx.add(r, mx.fast.rms_norm(x, wb_, EPS, stream=s), stream=s)
+        return [mx.fast.rms_norm(h, w_, EPS, stream=s), h]
+
+    def fused_sandwich(offset: float) -> Arrays:
+        return list(
+            mx.fast.rmsnorm_fused(
+                x, w, EPS, residual=r, branch_weight=wb, weight_offset=offset, stream=s
+            )
+        )
 
     cases: list[tuple[str, Callable[[], Arrays], int]] = [
         (FUSED, lambda: [mx.fast.rmsnorm_fused(x, w, EPS, stream=s)], forward_bytes(False, n)),
@@ -177,6 +202,17 @@ def bench_shape(
             forward_bytes(True, n),
         ),
         (UPSTREAM_RES, upstream_residual, forward_bytes(True, n)),
+        # Post-norm reads x and r and writes h; the sandwich forms also write y.
+        (
+            FUSED_POST,
+            lambda: [mx.fast.rmsnorm_fused(x, w, EPS, residual=r, post_norm=True, stream=s)],
+            3 * n,
+        ),
+        (UNFUSED_POST, unfused_post, 3 * n),
+        (FUSED_SANDWICH, lambda: fused_sandwich(0.0), forward_bytes(True, n)),
+        (UNFUSED_SANDWICH, lambda: unfused_sandwich(0.0), forward_bytes(True, n)),
+        (FUSED_GEMMA, lambda: fused_sandwich(1.0), forward_bytes(True, n)),
+        (UNFUSED_GEMMA, lambda: unfused_sandwich(1.0), forward_bytes(True, n)),
     ]
     result = [
         Row((rows, hidden), dtype_name, name, median_seconds(fn, repeats, s), moved)

@@ -17,6 +17,12 @@ EPS = 1e-6
 
 FUSED, UPSTREAM = "rmsnorm_fused", "mx.fast.rms_norm"
 FUSED_RES, UPSTREAM_RES = "rmsnorm_fused(residual)", "x + r, mx.fast.rms_norm"
+# The other forms of the op, each against the chain of ops it replaces.
+FUSED_POST, UNFUSED_POST = "rmsnorm_fused(post_norm)", "r + mx.fast.rms_norm(x)"
+FUSED_SANDWICH = "rmsnorm_fused(branch_weight)"
+UNFUSED_SANDWICH = "r + rms_norm(x, wb), rms_norm(h, w)"
+FUSED_GEMMA = "rmsnorm_fused(branch_weight, weight_offset=1)"
+UNFUSED_GEMMA = "r + rms_norm(x, 1 + wb), rms_norm(h, 1 + w)"
 COPY = "numpy copy of the same bytes"
 DEVICE_COPY = "device-to-device copy of the same bytes"
 TORCH, TORCH_COMPILE_RES = "torch F.rms_norm", "torch.compile(x + r, rms_norm)"
@@ -29,6 +35,12 @@ BASELINE = {
     DEVICE_COPY: UPSTREAM,
     TORCH: UPSTREAM,
     TORCH_COMPILE_RES: UPSTREAM_RES,
+    FUSED_POST: UNFUSED_POST,
+    UNFUSED_POST: UNFUSED_POST,
+    FUSED_SANDWICH: UNFUSED_SANDWICH,
+    UNFUSED_SANDWICH: UNFUSED_SANDWICH,
+    FUSED_GEMMA: UNFUSED_GEMMA,
+    UNFUSED_GEMMA: UNFUSED_GEMMA,
 }
 
 # Backward cases: the gradients of x (and r) and of the weight, given cotangents.
