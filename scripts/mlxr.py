@@ -144,11 +144,11 @@ def cmd_bench(args: argparse.Namespace) -> Result:
     mx.fast.rms_norm, x + r followed by mx.fast.rms_norm, the post-norm and sandwich forms (with
     and without Gemma's weight offset) against the chains of ops they replace, and a copy of the
     same bytes (NumPy on the CPU; on a CUDA GPU, PyTorch's device-to-device copy, with
-    F.rms_norm and torch.compile of add + rms_norm, in a process of their own); backward: the gradients (mx.vjp) of the same
-    MLX cases and PyTorch autograd of F.rms_norm and add + F.rms_norm, with peak memory; train:
-    forward and backward of a stack of pre-norm blocks, fused against stock. Prints Markdown
-    tables of medians, GB/s, shares of copy and ratios and writes them to
-    build/results/bench-<device>.md.
+    F.rms_norm and torch.compile of add + rms_norm, in a process of their own); backward: the
+    gradients (mx.vjp) of the same MLX cases and PyTorch autograd of F.rms_norm and add +
+    F.rms_norm, with peak memory; train: forward and backward of a stack of pre-norm blocks,
+    fused against stock. Prints Markdown tables of medians, GB/s, shares of copy and ratios and
+    writes them to build/results/bench-<device>.md.
     """
     from mlxrtools.payloads.bench_options import from_args
     from mlxrtools.verbs import bench

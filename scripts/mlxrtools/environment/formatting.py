@@ -58,7 +58,8 @@ def _command(hook: Hook, bin_dir: Path, files: list[str]) -> list[str]:
     if hook.id == "clang-format":
         return [tool, "--dry-run", "--Werror", *files]
     if hook.id == "black":
-        return [tool, "--check", "--quiet", *hook.args, *files]
+        # --diff, so that a failure says what to change.
+        return [tool, "--check", "--diff", *hook.args, *files]
     if hook.id == "isort":
         return [tool, "--check-only", *hook.args, *files]
     return [tool, "--check", *files]

@@ -176,7 +176,8 @@ void normalize_row(
     }
   } else {
     for (int i = 0; i < n; i++) {
-      store(i, from_float<T>(scale[i] * to_float(from_float<T>(u[i] * inv_rms))));
+      store(
+          i, from_float<T>(scale[i] * to_float(from_float<T>(u[i] * inv_rms))));
     }
   }
 }
@@ -616,8 +617,7 @@ void RMSNormFusedVJP::eval_cpu(
 
   dispatch_norm_types(gx.dtype(), [&](auto type_tag) {
     using T = MLX_GET_TYPE(type_tag);
-    rms_norm_fused_vjp<T>(
-        h, w, g, gh, gx, gw, eps_, weight_offset_, stream());
+    rms_norm_fused_vjp<T>(h, w, g, gh, gx, gw, eps_, weight_offset_, stream());
   });
 }
 

@@ -299,8 +299,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
   float branch_inv_rms = 0;
   if constexpr (Form::norm_branch) {
     float sum_squares = 0;
-    for (uint32_t index = threadIdx.x; index < n_vectors;
-         index += blockDim.x) {
+    for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
       add_squares(sum_squares, load_vector<N_READS>(x, index, axis_size, T(0)));
     }
     branch_inv_rms =
@@ -328,8 +327,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
     float inv_rms =
         rsqrt(BlockReduceT{block, temp[0]}.Sum(sum_squares) / axis_size + eps);
     const T* h_in = Form::has_residual ? h : x;
-    for (uint32_t index = threadIdx.x; index < n_vectors;
-         index += blockDim.x) {
+    for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
       auto hn = load_vector<N_READS>(h_in, index, axis_size, T(0));
       scale<Form::has_offset>(
           hn,
@@ -484,7 +482,8 @@ __global__ void __launch_bounds__(
         if constexpr (HAS_GH) {
           ghn[i] = unsafe_load_vector<N_READS>(gh, index);
         }
-        add_vjp_sums<true, HAS_OFFSET>(sums, hn[i], gn[i], wn[i], weight_offset);
+        add_vjp_sums<true, HAS_OFFSET>(
+            sums, hn[i], gn[i], wn[i], weight_offset);
       }
     }
     sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
@@ -594,15 +593,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
           gx + row,
           index,
           vjp_vector<HAS_W, HAS_GH, HAS_OFFSET>(
-              hn,
-              gn,
-              wn,
-              ghn,
-              weight_offset,
-              inv_rms,
-              mean_wgh,
-              inv_rms3,
-              gwn),
+              hn, gn, wn, ghn, weight_offset, inv_rms, mean_wgh, inv_rms3, gwn),
           axis_size);
       if constexpr (HAS_W) {
         store_vector<N_READS>(gw, index, gwn, axis_size);

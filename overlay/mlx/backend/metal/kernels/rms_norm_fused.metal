@@ -125,7 +125,10 @@ template <typename T, bool HAS_RESIDUAL, int N_READS = RMS_N_READS>
     for (int i = 0; i < N_READS; i++) {
       if (lid * N_READS + i < axis_size) {
         thread_h[i] = scale_normalized(
-            thread_h[i], inv_mean, w_branch[w_branch_stride * i], weight_offset);
+            thread_h[i],
+            inv_mean,
+            w_branch[w_branch_stride * i],
+            weight_offset);
       }
     }
   }
