@@ -433,3 +433,14 @@ def test_a_branch_norm_with_the_output_weight_is_caught(tmp_path: Path) -> None:
     case = Case("fwd", "float16", 2, 256, residual=True, has_w=True, branch=True)
     with pytest.raises(AssertionError, match="h differs"):
         check(case, run(binary, case, tmp_path))
+
+
+def test_another_rounding_order_in_the_backward_is_caught(tmp_path: Path) -> None:
+    # The mean of g * w * h by a reciprocal: within every tolerance, not bit for bit.
+    broken = mutate(
+        r"float mean_gwh = sumgwh / axis_size;", "float mean_gwh = sumgwh * (1.0f / axis_size);"
+    )
+    binary = compile_harness(broken, "broken-vjp-rounding")
+    case = Case("vjp", "float32", 8, 33, residual=True, has_w=True, groups=4)
+    with pytest.raises(AssertionError, match="gx differs from the kernel's rounding order"):
+        check(case, run(binary, case, tmp_path))

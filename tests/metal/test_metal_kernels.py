@@ -52,6 +52,31 @@ def f64(a: np.ndarray, dtype: str) -> np.ndarray:
     return to_f32(a, dtype).astype(np.float64)
 
 
+def threadgroup_sums(values: np.ndarray, lsize: int) -> np.ndarray:
+    """The float32 sum of each row of `values` as the kernels take it: thread
+    lid adds the values of its columns c + lid * 4 + i in pass order, then
+    simd_sum adds the lanes of each simdgroup in order, then the simdgroups'
+    sums are added in order, each sum starting from 0."""
+    rows, axis = values.shape
+    per_pass = lsize * 4
+    passes = -(-axis // per_pass)
+    padded = np.zeros((rows, passes * per_pass), np.float32)
+    padded[:, :axis] = values
+    parts = padded.reshape(rows, passes, lsize, 4)
+    acc = np.zeros((rows, lsize), np.float32)
+    for c in range(passes):
+        for i in range(4):
+            acc = acc + parts[:, c, :, i]
+    lanes = acc.reshape(rows, lsize // 32, 32)
+    simd = np.zeros((rows, lsize // 32), np.float32)
+    for lane in range(32):
+        simd = simd + lanes[:, :, lane]
+    total = np.zeros(rows, np.float32)
+    for g in range(lsize // 32):
+        total = total + simd[:, g]
+    return total
+
+
 def forward_bits(
     h: np.ndarray, w: np.ndarray | None, dtype: str, lsize: int, offset: float = 0.0
 ) -> np.ndarray:
@@ -64,30 +89,44 @@ def forward_bits(
     sums in simdgroup order. inv = 1 / sqrt(sum / axis + eps), each step in
     float32; y = w * T(h * inv), every product rounded to its type, or with an
     offset T((h * inv) * (offset + w)) in float32, rounded once."""
-    rows, axis = h.shape
+    axis = h.shape[1]
     h32 = to_f32(h, dtype)
-    per_pass = lsize * 4
-    passes = -(-axis // per_pass)
-    padded = np.zeros((rows, passes * per_pass), np.float32)
-    padded[:, :axis] = h32
-    squares = (padded * padded).reshape(rows, passes, lsize, 4)
-    acc = np.zeros((rows, lsize), np.float32)
-    for c in range(passes):
-        for i in range(4):
-            acc = acc + squares[:, c, :, i]
-    lanes = acc.reshape(rows, lsize // 32, 32)
-    simd = np.zeros((rows, lsize // 32), np.float32)
-    for lane in range(32):
-        simd = simd + lanes[:, :, lane]
-    total = np.zeros(rows, np.float32)
-    for g in range(lsize // 32):
-        total = total + simd[:, g]
+    total = threadgroup_sums(h32 * h32, lsize)
     inv = np.float32(1) / np.sqrt(total / np.float32(axis) + np.float32(EPS))
     w32 = np.float32(1) if w is None else to_f32(w, dtype)
     if offset:
         return to_storage((h32 * inv[:, None]) * (np.float32(offset) + w32), dtype)
     normalized = to_f32(to_storage(h32 * inv[:, None], dtype), dtype)
     return to_storage(w32 * normalized, dtype)
+
+
+def vjp_gx_bits(
+    h: np.ndarray,
+    g: np.ndarray,
+    w: np.ndarray | None,
+    gh: np.ndarray | None,
+    dtype: str,
+    lsize: int,
+    offset: float = 0.0,
+) -> np.ndarray:
+    """gx exactly as the backward kernels compute it, from the stored inputs:
+    the sums of h * h and of (g * s) * h in threadgroup_sums' order, with the
+    scale s = w (+ offset); inv = 1 / sqrt(sum / axis + eps); then
+    ((g * s) * inv - (h * mean) * inv^3) (+ gh), each step in float32, rounded
+    once to the dtype."""
+    axis = h.shape[1]
+    h32, g32 = to_f32(h, dtype), to_f32(g, dtype)
+    s32 = np.float32(1) if w is None else to_f32(w, dtype) + np.float32(offset)
+    gs = g32 * s32
+    inv = np.float32(1) / np.sqrt(
+        threadgroup_sums(h32 * h32, lsize) / np.float32(axis) + np.float32(EPS)
+    )
+    mean = threadgroup_sums(gs * h32, lsize) / np.float32(axis)
+    inv3 = inv * inv * inv
+    d = gs * inv[:, None] - (h32 * mean[:, None]) * inv3[:, None]
+    if gh is not None:
+        d = d + to_f32(gh, dtype)
+    return to_storage(d, dtype)
 
 
 def residual_sum(b: np.ndarray, r: np.ndarray, dtype: str, clip: bool) -> np.ndarray:
@@ -175,6 +214,17 @@ def check_vjp(case: Case, arrays: dict[str, np.ndarray]) -> None:
     )
     err = np.abs(f64(arrays["dh_out"], case.dtype) - ref)
     assert np.all(err <= allowed + SMALLEST_NORMAL[case.dtype]), f"dh error {err.max():.3g}"
+    bits = vjp_gx_bits(
+        arrays["h"],
+        arrays["dy"],
+        arrays["w"] if case.has_w else None,
+        arrays["dh_in"] if case.residual else None,
+        case.dtype,
+        arrays["threadgroup"],
+        case.offset,
+    )
+    differ = same_values(arrays["dh_out"], bits, case.dtype)
+    assert differ == 0, f"gx differs from the kernel's rounding order in {differ} values"
 
     per_group, groups = vjp_row_groups(case.rows, case.groups or RMS_FUSED_VJP_GROUPS)
     assert (arrays["rows_per_group"], arrays["groups"]) == (per_group, groups)
