@@ -129,6 +129,26 @@ def vjp_gx_bits(
     return to_storage(d, dtype)
 
 
+def vjp_partials_bits(
+    h: np.ndarray, g: np.ndarray, dtype: str, lsize: int, rows_per_group: int
+) -> np.ndarray:
+    """The weight-gradient partials exactly as the backward kernels sum them:
+    each group's rows in order from 0, each term (g * h) * inv in float32."""
+    axis = h.shape[1]
+    h32, g32 = to_f32(h, dtype), to_f32(g, dtype)
+    inv = np.float32(1) / np.sqrt(
+        threadgroup_sums(h32 * h32, lsize) / np.float32(axis) + np.float32(EPS)
+    )
+    terms = (g32 * h32) * inv[:, None]
+    partials = []
+    for start in range(0, h.shape[0], rows_per_group):
+        acc = np.zeros(axis, np.float32)
+        for row in terms[start : start + rows_per_group]:
+            acc = acc + row
+        partials.append(acc)
+    return np.array(partials, np.float32)
+
+
 def residual_sum(b: np.ndarray, r: np.ndarray, dtype: str, clip: bool) -> np.ndarray:
     """h = b + r as stored: the float32 sum rounded to the dtype, clipped to the
     float16 range first with clip (Gemma 3's clip_residual)."""
@@ -239,6 +259,12 @@ def check_vjp(case: Case, arrays: dict[str, np.ndarray]) -> None:
     part_err = np.abs(arrays["dw_partials_out"].astype(np.float64) - part_ref)
     part_allowed = (per_group + 4) * 2.0**-23 * part_abs + 1e-30
     assert np.all(part_err <= part_allowed), f"dw partial error {part_err.max():.3g}"
+    partials = vjp_partials_bits(
+        arrays["h"], arrays["dy"], case.dtype, arrays["threadgroup"], per_group
+    )
+    assert same_bits(arrays["dw_partials_out"], partials), (
+        "the weight-gradient partials differ from the kernel's order"
+    )
     # dw: within float32 summation error of the exact sum, rounded once to the
     # dtype; and bit for bit the partials combined in the documented order.
     dw = arrays["dw_out"]

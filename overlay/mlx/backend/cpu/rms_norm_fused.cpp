@@ -569,7 +569,7 @@ void RMSNormFused::eval_cpu(
     const std::vector<array>& inputs,
     std::vector<array>& outputs) {
   const array& x = inputs[0];
-  const array* r = has_residual_ ? &inputs[1] : nullptr;
+  const array* res = has_residual_ ? &inputs[1] : nullptr;
   const array* w_branch = norm_branch_ ? &inputs[has_residual_ + 1] : nullptr;
   const array* w = norm_output_ ? &inputs.back() : nullptr;
   array* y = norm_output_ ? &outputs[0] : nullptr;
@@ -590,7 +590,7 @@ void RMSNormFused::eval_cpu(
     using T = MLX_GET_TYPE(type_tag);
     rms_norm_fused<T>(
         x,
-        r,
+        res,
         w_branch,
         w,
         y,

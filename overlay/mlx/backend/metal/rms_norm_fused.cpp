@@ -11,10 +11,10 @@ namespace mlx::core::fast {
 namespace {
 
 // The kernels index rows as row * axis_size, so inputs must be row contiguous.
-array row_contiguous_copy(
+array ensure_row_contiguous(
     const array& a,
-    const Stream& s,
-    metal::CommandEncoder& encoder) {
+    metal::CommandEncoder& encoder,
+    const Stream& s) {
   if (a.flags().row_contiguous) {
     return a;
   }
@@ -36,9 +36,9 @@ void RMSNormFused::eval_gpu(
   auto& d = metal::device(s.device);
   auto& compute_encoder = metal::get_command_encoder(s);
 
-  const array x = row_contiguous_copy(inputs[0], s, compute_encoder);
-  const array r =
-      has_residual_ ? row_contiguous_copy(inputs[1], s, compute_encoder) : x;
+  const array x = ensure_row_contiguous(inputs[0], compute_encoder, s);
+  const array res =
+      has_residual_ ? ensure_row_contiguous(inputs[1], compute_encoder, s) : x;
   const array& w_branch = inputs[has_residual_ + 1];
   const array& w = inputs.back();
   if (!has_residual_ && x.is_donatable()) {
@@ -88,7 +88,7 @@ void RMSNormFused::eval_gpu(
   uint32_t w_branch_stride = weight_stride(w_branch);
   compute_encoder.set_compute_pipeline_state(kernel);
   compute_encoder.set_input_array(x, 0);
-  compute_encoder.set_input_array(r, 1);
+  compute_encoder.set_input_array(res, 1);
   compute_encoder.set_input_array(w, 2);
   compute_encoder.set_output_array(y, 3);
   compute_encoder.set_output_array(h, 4);
@@ -110,11 +110,11 @@ void RMSNormFusedVJP::eval_gpu(
   auto& d = metal::device(s.device);
   auto& compute_encoder = metal::get_command_encoder(s);
 
-  const array h = row_contiguous_copy(inputs[0], s, compute_encoder);
+  const array h = ensure_row_contiguous(inputs[0], compute_encoder, s);
   const array& w = inputs[1];
-  const array g = row_contiguous_copy(inputs[2], s, compute_encoder);
+  const array g = ensure_row_contiguous(inputs[2], compute_encoder, s);
   const array gh =
-      has_residual_ ? row_contiguous_copy(inputs[3], s, compute_encoder) : g;
+      has_residual_ ? ensure_row_contiguous(inputs[3], compute_encoder, s) : g;
   array& gx = outputs[0];
   array& gw = outputs[1];
   bool has_w = w.ndim() != 0;
