@@ -153,31 +153,38 @@ const float* load_row(const T* in, int64_t stride, int n, float* buf) {
   return buf;
 }
 
-// norm(u) * scale for one row of floats, rounded to T and handed to store(i,
-// value). scale is the weight, or offset + weight when there is an offset;
-// only then is the product taken before rounding (see rms_norm_scaled in
-// fast.cpp).
-template <typename T, typename Store>
+// norm(u) * scale for one row of floats, rounded to T and written to out, as
+// T or as the float value of that T. scale is the weight, or offset + weight
+// when there is an offset; only then is the product taken before rounding
+// (see rms_norm_scaled in fast.cpp).
+template <typename T, typename Out>
 void normalize_row(
     const float* u,
     const float* scale,
     bool has_offset,
     int n,
     float eps,
-    Store store) {
+    Out* out) {
+  auto as_out = [](T v) {
+    if constexpr (std::is_same_v<Out, T>) {
+      return v;
+    } else {
+      return to_float(v);
+    }
+  };
   float inv_rms = 1.0f / std::sqrt(sum_squares(u, n) / n + eps);
   if (!scale) {
     for (int i = 0; i < n; i++) {
-      store(i, from_float<T>(u[i] * inv_rms));
+      out[i] = as_out(from_float<T>(u[i] * inv_rms));
     }
   } else if (has_offset) {
     for (int i = 0; i < n; i++) {
-      store(i, from_float<T>(u[i] * inv_rms * scale[i]));
+      out[i] = as_out(from_float<T>(u[i] * inv_rms * scale[i]));
     }
   } else {
     for (int i = 0; i < n; i++) {
-      store(
-          i, from_float<T>(scale[i] * to_float(from_float<T>(u[i] * inv_rms))));
+      float normalized = to_float(from_float<T>(u[i] * inv_rms));
+      out[i] = as_out(from_float<T>(scale[i] * normalized));
     }
   }
 }
@@ -318,9 +325,7 @@ void rms_norm_fused(
         };
         if (norm_branch) {
           const float* xf = load_row(x_row, x_stride, n, x_buf);
-          normalize_row<T>(xf, scale_b, has_offset, n, eps, [=](int i, T v) {
-            b_buf[i] = to_float(v);
-          });
+          normalize_row<T>(xf, scale_b, has_offset, n, eps, b_buf);
           add([=](int i) { return b_buf[i]; }, r_stride);
         } else if (x_stride == 1 && r_stride == 1) {
           add([=](int i) { return to_float(x_row[i]); }, 1);
@@ -331,8 +336,7 @@ void rms_norm_fused(
       }
       if (y_ptr) {
         T* y_out = y_ptr + row * n;
-        normalize_row<T>(
-            u, scale, has_offset, n, eps, [=](int i, T v) { y_out[i] = v; });
+        normalize_row<T>(u, scale, has_offset, n, eps, y_out);
       }
     }
   });
