@@ -17,20 +17,6 @@ from mlxrtools.environment.upstream_suite import (  # noqa: E402
 )
 
 
-def load(path: Path) -> SuiteResult:
-    """One JUnit XML, or every XML in a folder (run_suite.py writes one per chunk)."""
-    files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
-    if not files:
-        sys.exit(f"compare_suites.py: no JUnit XML in {path}")
-    merged = SuiteResult()
-    for part in map(parse_junit, files):
-        merged.passed += part.passed
-        merged.skipped += part.skipped
-        merged.failed += part.failed
-    merged.failed.sort()
-    return merged
-
-
 def report(ours: SuiteResult, baseline: SuiteResult) -> tuple[str, list[str]]:
     comparison = compare(ours, baseline)
     new = list(comparison["new_failures"])
@@ -54,11 +40,11 @@ def report(ours: SuiteResult, baseline: SuiteResult) -> tuple[str, list[str]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("ours", type=Path, help="JUnit XML (or a folder of them) against our wheel")
+    p.add_argument("ours", type=Path, help="JUnit XML of the suite against our wheel")
     p.add_argument("baseline", type=Path, help="the same against the unpatched wheel")
     p.add_argument("--out", type=Path, help="also write the report here (Markdown)")
     args = p.parse_args()
-    text, new = report(load(args.ours), load(args.baseline))
+    text, new = report(parse_junit(args.ours), parse_junit(args.baseline))
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -17,8 +17,6 @@
 #   suites    both at once, SUITE_WORKERS (default 7) each
 #   compare   the two suite results: no new failures, the shared ones listed
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
-#   bench-forms
-#             bench_forms.py: each form of rmsnorm_fused against its unfused chain
 #   save, save-baseline
 #             our wheel, or the baseline's, split in 15 MB parts, to $OUT/wheel/ or
 #             $OUT/baseline/ for a later call, which takes it from .device/wheel/ or
@@ -34,7 +32,7 @@ while (($#)); do
   case $1 in
     --archs) archs=$2; shift 2 ;;
     --nvtx-from-toolkit) nvtx=(--nvtx-from-toolkit); shift ;;
-    build | baseline | test | suite-ours | suite-baseline | suites | compare | bench | bench-forms | save | save-baseline)
+    build | baseline | test | suite-ours | suite-baseline | suites | compare | bench | save | save-baseline)
       stages+=("$1")
       shift
       ;;
@@ -151,11 +149,6 @@ for stage in "${stages[@]}"; do
         --repeats 15 --shapes 16384x8192,32768x4096,32x4096,1x4096 --dtypes bfloat16,float32 \
         2>&1 | tee "$out/bench.log" || failed+=" bench"
       cp build/results/bench-gpu.md "$out/" || true
-      ;;
-    bench-forms)
-      lib=$(site /tmp/site-ours "$(ours)")
-      PYTHONPATH=$lib timeout "${BENCH_TIMEOUT:-420}" python3 scripts/device/bench_forms.py \
-        2>&1 | tee "$out/bench-forms.md" || failed+=" bench-forms"
       ;;
     save | save-baseline)
       if [[ $stage == save ]]; then dir=$out/wheel w=$(ours); else dir=$out/baseline w=$(baseline_wheel); fi
