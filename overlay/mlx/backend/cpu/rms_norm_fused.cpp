@@ -302,12 +302,13 @@ void rms_norm_fused(
         const T* r_row = r_ptr + r_rows->offset(row);
         int64_t r_stride = r_rows->axis_stride;
         T* h_out = h_ptr + row * n;
-        // h is kept as floats only for the output norm.
+        // h is kept as floats only for the output norm. Both flags are
+        // constants of the loop, so that it tests nothing per value.
         auto add = [&](auto b_at, int64_t r_step) {
-          auto add_row = [&](auto keep_h) {
+          auto add_row = [&](auto keep_h, auto clip) {
             for (int i = 0; i < n; i++) {
               float sum = to_float(r_row[i * r_step]) + b_at(i);
-              if (clip_residual) {
+              if constexpr (clip.value) {
                 sum = std::clamp(sum, -65504.0f, 65504.0f);
               }
               T hi = from_float<T>(sum);
@@ -317,10 +318,17 @@ void rms_norm_fused(
               }
             }
           };
+          auto with_clip = [&](auto keep_h) {
+            if (clip_residual) {
+              add_row(keep_h, std::true_type{});
+            } else {
+              add_row(keep_h, std::false_type{});
+            }
+          };
           if (y_ptr) {
-            add_row(std::true_type{});
+            with_clip(std::true_type{});
           } else {
-            add_row(std::false_type{});
+            with_clip(std::false_type{});
           }
         };
         if (norm_branch) {
