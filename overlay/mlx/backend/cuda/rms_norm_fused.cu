@@ -69,6 +69,37 @@ struct BlockBroadcastReduce {
   }
 };
 
+// The arrays of a forward launch, with r = x when the form has no residual,
+// h = out when it has one output, and the weight a form does not read the
+// other one.
+template <typename T>
+struct FusedParams {
+  const T* x;
+  const T* r;
+  const T* w;
+  const T* w_branch;
+  T* out;
+  T* h;
+  int64_t w_stride;
+  int64_t w_branch_stride;
+  float eps;
+  float weight_offset;
+  uint32_t axis_size;
+
+  struct Row {
+    const T* x;
+    const T* r;
+    T* out;
+    T* h;
+  };
+
+  // The rows of x, r, out and h that a block takes.
+  __device__ Row row(uint32_t i) const {
+    size_t offset = static_cast<size_t>(i) * axis_size;
+    return {x + offset, r + offset, out + offset, h + offset};
+  }
+};
+
 // The form of the forward: b = x, or the norm of x with the branch weight
 // when NORM_BRANCH; h = b + r when HAS_RESIDUAL; y = the norm of h when
 // NORM_OUTPUT. HAS_OFFSET and CLIP are compile-time too, so that the forms
@@ -157,31 +188,16 @@ template <
     int N_READS,
     int BLOCK_DIM = RMS_FUSED_SMALL_MAX_BLOCK>
 __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
-    rms_norm_fused_small(
-        const T* x,
-        const T* r,
-        const T* w,
-        T* out,
-        T* h,
-        float eps,
-        uint32_t axis_size,
-        int64_t w_stride,
-        const T* w_branch,
-        int64_t w_branch_stride,
-        float weight_offset) {
+    rms_norm_fused_small(__grid_constant__ const FusedParams<T> args) {
   auto block = cg::this_thread_block();
   using BlockReduceT = BlockBroadcastReduce<float, BLOCK_DIM>;
   // Two, so that a warp can store the sum of the second norm while another
   // still reads that of the first.
   __shared__ typename BlockReduceT::TempStorage temp[2];
 
-  size_t row = static_cast<size_t>(blockIdx.x) * axis_size;
-  x += row;
-  r += row;
-  out += row;
-  h += row;
+  auto [x, r, out, h] = args.row(blockIdx.x);
 
-  uint32_t n_vectors = cuda::ceil_div(axis_size, N_READS);
+  uint32_t n_vectors = cuda::ceil_div(args.axis_size, N_READS);
   auto in_row = [&](int i) {
     return !ALIGNED || i + 1 < N_CHUNKS ||
         i * blockDim.x + threadIdx.x < n_vectors;
@@ -191,7 +207,7 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     if constexpr (ALIGNED) {
       return unsafe_load_vector<N_READS>(p, index);
     } else {
-      return load_vector<N_READS>(p, index, axis_size, T(0));
+      return load_vector<N_READS>(p, index, args.axis_size, T(0));
     }
   };
   auto load_weight = [&](const T* p, int64_t stride, int i) {
@@ -199,7 +215,7 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     if constexpr (ALIGNED) {
       return unsafe_load_vector<N_READS>(p, index);
     } else {
-      return load_vector<N_READS>(p, index, axis_size, stride, T(0));
+      return load_vector<N_READS>(p, index, args.axis_size, stride, T(0));
     }
   };
   auto store = [&](T* p, int i, const AlignedVector<T, N_READS>& v) {
@@ -207,7 +223,7 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     if constexpr (ALIGNED) {
       unsafe_store_vector<N_READS>(p, index, v);
     } else {
-      store_vector<N_READS>(p, index, v, axis_size);
+      store_vector<N_READS>(p, index, v, args.axis_size);
     }
   };
 
@@ -224,17 +240,18 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
       }
       add_squares(sum_squares, hn[i]);
     }
-    float inv_rms =
-        rsqrt(BlockReduceT{block, temp[1]}.Sum(sum_squares) / axis_size + eps);
+    float inv_rms = rsqrt(
+        BlockReduceT{block, temp[1]}.Sum(sum_squares) / args.axis_size +
+        args.eps);
     sum_squares = 0;
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
       if (in_row(i)) {
         scale<Form::has_offset>(
             hn[i],
-            load_weight(w_branch, w_branch_stride, i),
+            load_weight(args.w_branch, args.w_branch_stride, i),
             inv_rms,
-            weight_offset);
+            args.weight_offset);
         add_in_place<Form::clip>(hn[i], load(r, i));
         store(h, i, hn[i]);
       }
@@ -256,13 +273,17 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     }
   }
   if constexpr (Form::norm_output) {
-    float inv_rms =
-        rsqrt(BlockReduceT{block, temp[0]}.Sum(sum_squares) / axis_size + eps);
+    float inv_rms = rsqrt(
+        BlockReduceT{block, temp[0]}.Sum(sum_squares) / args.axis_size +
+        args.eps);
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
       if (in_row(i)) {
         scale<Form::has_offset>(
-            hn[i], load_weight(w, w_stride, i), inv_rms, weight_offset);
+            hn[i],
+            load_weight(args.w, args.w_stride, i),
+            inv_rms,
+            args.weight_offset);
         store(out, i, hn[i]);
       }
     }
@@ -272,69 +293,59 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
 // Longer rows: h is formed and written in one pass and read back, from L2 if
 // it still holds it, in the next. The branch norm first reads x once more.
 template <typename T, typename Form, int N_READS>
-__global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK) rms_norm_fused_looped(
-    const T* x,
-    const T* r,
-    const T* w,
-    T* out,
-    T* h,
-    float eps,
-    uint32_t axis_size,
-    int64_t w_stride,
-    const T* w_branch,
-    int64_t w_branch_stride,
-    float weight_offset) {
+__global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
+    rms_norm_fused_looped(__grid_constant__ const FusedParams<T> args) {
   auto block = cg::this_thread_block();
   using BlockReduceT = BlockBroadcastReduce<float, RMS_FUSED_LOOPED_BLOCK>;
   // Two, as in rms_norm_fused_small.
   __shared__ typename BlockReduceT::TempStorage temp[2];
 
-  size_t row = static_cast<size_t>(blockIdx.x) * axis_size;
-  x += row;
-  r += row;
-  out += row;
-  h += row;
+  auto [x, r, out, h] = args.row(blockIdx.x);
 
-  uint32_t n_vectors = cuda::ceil_div(axis_size, N_READS);
+  uint32_t n_vectors = cuda::ceil_div(args.axis_size, N_READS);
   float branch_inv_rms = 0;
   if constexpr (Form::norm_branch) {
     float sum_squares = 0;
     for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-      add_squares(sum_squares, load_vector<N_READS>(x, index, axis_size, T(0)));
+      add_squares(
+          sum_squares, load_vector<N_READS>(x, index, args.axis_size, T(0)));
     }
-    branch_inv_rms =
-        rsqrt(BlockReduceT{block, temp[1]}.Sum(sum_squares) / axis_size + eps);
+    branch_inv_rms = rsqrt(
+        BlockReduceT{block, temp[1]}.Sum(sum_squares) / args.axis_size +
+        args.eps);
   }
   float sum_squares = 0;
   for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-    auto hn = load_vector<N_READS>(x, index, axis_size, T(0));
+    auto hn = load_vector<N_READS>(x, index, args.axis_size, T(0));
     if constexpr (Form::norm_branch) {
       scale<Form::has_offset>(
           hn,
           load_vector<N_READS>(
-              w_branch, index, axis_size, w_branch_stride, T(0)),
+              args.w_branch, index, args.axis_size, args.w_branch_stride, T(0)),
           branch_inv_rms,
-          weight_offset);
+          args.weight_offset);
     }
     if constexpr (Form::has_residual) {
       add_in_place<Form::clip>(
-          hn, load_vector<N_READS>(r, index, axis_size, T(0)));
-      store_vector<N_READS>(h, index, hn, axis_size);
+          hn, load_vector<N_READS>(r, index, args.axis_size, T(0)));
+      store_vector<N_READS>(h, index, hn, args.axis_size);
     }
     add_squares(sum_squares, hn);
   }
   if constexpr (Form::norm_output) {
-    float inv_rms =
-        rsqrt(BlockReduceT{block, temp[0]}.Sum(sum_squares) / axis_size + eps);
+    float inv_rms = rsqrt(
+        BlockReduceT{block, temp[0]}.Sum(sum_squares) / args.axis_size +
+        args.eps);
     const T* h_in = Form::has_residual ? h : x;
     for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-      auto hn = load_vector<N_READS>(h_in, index, axis_size, T(0));
+      auto hn = load_vector<N_READS>(h_in, index, args.axis_size, T(0));
       scale<Form::has_offset>(
           hn,
-          load_vector<N_READS>(w, index, axis_size, w_stride, T(0)),
+          load_vector<N_READS>(
+              args.w, index, args.axis_size, args.w_stride, T(0)),
           inv_rms,
-          weight_offset);
-      store_vector<N_READS>(out, index, hn, axis_size);
+          args.weight_offset);
+      store_vector<N_READS>(out, index, hn, args.axis_size);
     }
   }
 }
@@ -660,6 +671,19 @@ void dispatch_fused_chunks(int n_chunks, F&& f) {
   }
 }
 
+// The block size a kernel that keeps its rows in registers is compiled for:
+// blocks of one warp, the single-chunk launches of short rows, skip the
+// exchange of sums between warps; others are compiled for the largest block.
+template <int N_CHUNKS, typename F>
+void dispatch_one_warp(const FusedLaunch& launch, F&& f) {
+  if constexpr (N_CHUNKS == 1) {
+    if (launch.block_dim == WARP_SIZE) {
+      return f(std::integral_constant<int, WARP_SIZE>{});
+    }
+  }
+  f(std::integral_constant<int, cu::RMS_FUSED_SMALL_MAX_BLOCK>{});
+}
+
 // The kernels index rows as row * axis_size.
 array ensure_row_contiguous(
     const array& a,
@@ -779,22 +803,20 @@ void RMSNormFused::eval_gpu(
         (!norm_branch_ || w_branch_stride == 1) && is_aligned(x) &&
         is_aligned(res) && is_aligned(w) && is_aligned(w_branch) &&
         is_aligned(out) && is_aligned(h);
+    cu::FusedParams<DataType> params{
+        gpu_ptr<DataType>(x),
+        gpu_ptr<DataType>(res),
+        gpu_ptr<DataType>(w),
+        gpu_ptr<DataType>(w_branch),
+        gpu_ptr<DataType>(out),
+        gpu_ptr<DataType>(h),
+        w_stride,
+        w_branch_stride,
+        eps_,
+        weight_offset_,
+        axis_size};
     auto add_node = [&](auto kernel) {
-      encoder.add_kernel_node(
-          kernel,
-          n_rows,
-          launch.block_dim,
-          gpu_ptr<DataType>(x),
-          gpu_ptr<DataType>(res),
-          gpu_ptr<DataType>(w),
-          gpu_ptr<DataType>(out),
-          gpu_ptr<DataType>(h),
-          eps_,
-          axis_size,
-          w_stride,
-          gpu_ptr<DataType>(w_branch),
-          w_branch_stride,
-          weight_offset_);
+      encoder.add_kernel_node(kernel, n_rows, launch.block_dim, params);
     };
     constexpr bool can_clip = std::is_same_v<DataType, __half>;
     dispatch_fused_form<can_clip>(
@@ -813,26 +835,16 @@ void RMSNormFused::eval_gpu(
             dispatch_bool(aligned, [&](auto aligned_constant) {
               constexpr int N_CHUNKS = n_chunks.value;
               constexpr bool ALIGNED = aligned_constant.value;
-              if constexpr (N_CHUNKS == 1) {
-                if (launch.block_dim == WARP_SIZE) {
-                  add_node(
-                      cu::rms_norm_fused_small<
-                          DataType,
-                          Form,
-                          N_CHUNKS,
-                          ALIGNED,
-                          N_READS,
-                          WARP_SIZE>);
-                  return;
-                }
-              }
-              add_node(
-                  cu::rms_norm_fused_small<
-                      DataType,
-                      Form,
-                      N_CHUNKS,
-                      ALIGNED,
-                      N_READS>);
+              dispatch_one_warp<N_CHUNKS>(launch, [&](auto block_dim) {
+                add_node(
+                    cu::rms_norm_fused_small<
+                        DataType,
+                        Form,
+                        N_CHUNKS,
+                        ALIGNED,
+                        N_READS,
+                        block_dim.value>);
+              });
             });
           });
         });
@@ -958,26 +970,16 @@ void RMSNormFusedVJP::eval_gpu(
         dispatch_fused_chunks(launch.n_chunks, [&](auto n_chunks) {
           constexpr int N_CHUNKS = n_chunks.value;
           if constexpr (N_CHUNKS <= cu::RMS_FUSED_VJP_MAX_CHUNKS) {
-            if constexpr (N_CHUNKS == 1) {
-              if (launch.block_dim == WARP_SIZE) {
-                add_node(
-                    cu::rms_norm_fused_vjp_small<
-                        DataType,
-                        HAS_GH,
-                        HAS_OFFSET,
-                        N_CHUNKS,
-                        N_READS,
-                        WARP_SIZE>);
-                return;
-              }
-            }
-            add_node(
-                cu::rms_norm_fused_vjp_small<
-                    DataType,
-                    HAS_GH,
-                    HAS_OFFSET,
-                    N_CHUNKS,
-                    N_READS>);
+            dispatch_one_warp<N_CHUNKS>(launch, [&](auto block_dim) {
+              add_node(
+                  cu::rms_norm_fused_vjp_small<
+                      DataType,
+                      HAS_GH,
+                      HAS_OFFSET,
+                      N_CHUNKS,
+                      N_READS,
+                      block_dim.value>);
+            });
           }
         });
       });
