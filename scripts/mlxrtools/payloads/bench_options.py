@@ -13,12 +13,15 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .bench_report import Shape
 
-CASES = ("forward", "backward", "train")
+# Every case; the decode case runs only when asked for.
+CASES = ("forward", "backward", "train", "decode")
+DEFAULT_CASES = ("forward", "backward", "train")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 SHAPES = "4096x4096,8x4096,1x4096"
 BACKWARD_SHAPES = {"gpu": "16384x8192,32768x4096,4096x4096", "cpu": "4096x4096"}
 TRAIN_TOKENS = {"gpu": 4096, "cpu": 32}
 TRAIN_DTYPE = {"gpu": "bfloat16", "cpu": "float32"}
+DECODE_SHAPES = "1x2048,1x4096,1x8192,8x2048,8x4096,8x8192"
 # The cases PyTorch has baselines for.
 TORCH_CASES = ("forward", "backward")
 
@@ -70,7 +73,7 @@ class BenchOptions:
 
     device: str = "cpu"
     repeats: int = 30
-    cases: tuple[str, ...] = CASES
+    cases: tuple[str, ...] = DEFAULT_CASES
     shapes: tuple[Shape, ...] = shape_list(SHAPES)
     backward_shapes: tuple[Shape, ...] | None = None
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
@@ -81,6 +84,9 @@ class BenchOptions:
     train_dtype: str | None = None
     cache_limit_mb: int | None = None
     sweep: bool = False
+    decode_shapes: tuple[Shape, ...] = shape_list(DECODE_SHAPES)
+    decode_dtypes: tuple[str, ...] = ("bfloat16",)
+    decode_calls: int = 64
 
     def for_device(self) -> BenchOptions:
         """The options with every device default filled in."""
@@ -102,13 +108,19 @@ class BenchOptions:
     @classmethod
     def from_json(cls, text: str) -> BenchOptions:
         data = json.loads(text)
-        for key in ("shapes", "backward_shapes"):
+        for key in ("shapes", "backward_shapes", "decode_shapes"):
             if data[key] is not None:
                 data[key] = tuple((rows, hidden) for rows, hidden in data[key])
-        return cls(**{**data, "cases": tuple(data["cases"]), "dtypes": tuple(data["dtypes"])})
+        for key in ("cases", "dtypes", "decode_dtypes"):
+            if data[key] is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
 
 
-_REPEATS_HELP = "timed calls (batches on a GPU) per case (default: 30)"
+_REPEATS_HELP = (
+    "forward, backward and decode: timed calls (batches on a GPU; decode: chains) per case "
+    "(default: 30)"
+)
 # The training step's whole-number options: flag, default (None: the device's), help.
 _TRAIN_COUNTS = (
     (
@@ -130,9 +142,11 @@ _LISTS = (
     (
         "--cases",
         case_list,
-        CASES,
+        DEFAULT_CASES,
         "LIST",
-        f"comma-separated cases to run, of {','.join(CASES)} (default: all)",
+        f"comma-separated cases to run, of {','.join(CASES)} (default: "
+        f"{','.join(DEFAULT_CASES)}); decode: per-call cost of each op in a chain of dependent "
+        "calls at decode shapes",
     ),
     (
         "--shapes",
@@ -156,6 +170,28 @@ _LISTS = (
         "LIST",
         "forward and backward: comma-separated dtypes (default: float32,bfloat16)",
     ),
+    (
+        "--decode-shapes",
+        shape_list,
+        shape_list(DECODE_SHAPES),
+        "SHAPES",
+        f"decode: comma-separated ROWSxHIDDEN shapes (default: {DECODE_SHAPES})",
+    ),
+    (
+        "--decode-dtypes",
+        dtype_list,
+        ("bfloat16",),
+        "LIST",
+        "decode: comma-separated dtypes (default: bfloat16)",
+    ),
+)
+# The decode case's whole-number options: flag, default, help.
+_CASE_COUNTS = (
+    (
+        "--decode-calls",
+        64,
+        "decode: dependent calls in each timed chain (default: 64); the repeats are --repeats",
+    ),
 )
 
 
@@ -164,7 +200,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive, default=30, metavar="N", help=_REPEATS_HELP)
     for flag, kind, default, metavar, text in _LISTS:
         p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
-    for flag, default, text in _TRAIN_COUNTS:
+    for flag, default, text in (*_TRAIN_COUNTS, *_CASE_COUNTS):
         p.add_argument(flag, type=positive, default=default, metavar="N", help=text)
     p.add_argument(
         "--train-dtype",

@@ -1,9 +1,10 @@
 """Times rmsnorm_fused against its baselines. Runs inside a venv with the wheel.
 
 Cases: forward (rmsnorm_fused against mx.fast.rms_norm and against x + r then
-mx.fast.rms_norm), backward (the gradients of the same, from mx.vjp) and a
+mx.fast.rms_norm), backward (the gradients of the same, from mx.vjp), a
 training step (mx.value_and_grad of a stack of pre-norm blocks, fused against
-stock). Every ratio compares cases measured in the same run on the same
+stock) and decode (per-call cost of each op in a chain of dependent calls,
+decode_mlx). Every ratio compares cases measured in the same run on the same
 machine; each time is a median after a warm-up. Shares of copy count the bytes
 each case must move. On a GPU, PyTorch's baselines run in a process of their
 own, where PyTorch is present.
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import decode_report
 from .bench_options import BenchOptions
 from .bench_report import (
     COPY,
@@ -114,6 +116,14 @@ def write_results(out_dir: Path, device: str, text: str) -> None:
     (out_dir / f"bench-{device}.md").write_text(text)
 
 
+def decode_text(options: BenchOptions, device: Any) -> str:
+    from . import decode_mlx  # MLX only here, in the wheel's venv
+
+    shapes, dtypes = options.decode_shapes, options.decode_dtypes
+    rows = decode_mlx.decode_rows(shapes, dtypes, device, options.decode_calls, options.repeats)
+    return decode_report.markdown(rows, options.decode_calls)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("options", type=BenchOptions.from_json, help="the BenchOptions, as JSON")
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         torch_forward, torch_backward = torch_rows(torch_records(options.torch_cases()))
         forward, backward = forward + torch_forward, backward + torch_backward
     text = report(machine, forward, backward, train)
+    if "decode" in run:
+        text += "\n" + decode_text(options, device)
     print(text)
     swept = bench_mlx.sweep(dtypes, device, repeats) if options.sweep else []
     if swept:
