@@ -147,11 +147,14 @@ def cmd_bench(args: argparse.Namespace) -> Result:
     F.rms_norm and torch.compile of add + rms_norm, in a process of their own); backward: the
     gradients (mx.vjp) of the same MLX cases and PyTorch autograd of F.rms_norm and add +
     F.rms_norm, with peak memory; train: forward and backward of a stack of pre-norm blocks,
-    fused against stock. Opt-in case (--cases decode): µs per call of x + r, mx.fast.rms_norm,
-    rmsnorm_fused, x + r then rms_norm and rmsnorm_fused(residual), each in a chain of dependent
-    calls at decode shapes, with graph construction apart and the per-call targets. Prints
-    Markdown tables of medians, GB/s, shares of copy and ratios and writes them to
-    build/results/bench-<device>.md.
+    fused against stock. Opt-in cases (--cases decode,models): decode: µs per call of x + r,
+    mx.fast.rms_norm, rmsnorm_fused, x + r then rms_norm and rmsnorm_fused(residual), each in a
+    chain of dependent calls at decode shapes, with graph construction apart and the per-call
+    targets; models: prefill and decode tokens/s of mlx-lm models at real shapes with random
+    weights (small ones on the CPU), bfloat16 and 4-bit, stock against mlxr.fuse, in shuffled
+    turns, with the median ratio's 95% interval and a verdict. Prints Markdown tables of
+    medians, GB/s, shares of copy and ratios and writes them to build/results/bench-<device>.md
+    (the models case's raw numbers and chart to bench-models-<device>.json and .png).
     """
     from mlxrtools.payloads.bench_options import from_args
     from mlxrtools.verbs import bench

@@ -100,6 +100,7 @@ def test_the_tooling_imports_no_mlx_torch_or_numpy() -> None:
     measuring = {
         "mlxrtools.payloads.bench_mlx",
         "mlxrtools.payloads.decode_mlx",
+        "mlxrtools.payloads.models_mlx",
         "mlxrtools.payloads.torch_baselines",
     }
     names = sorted(set(MODULES) - measuring)

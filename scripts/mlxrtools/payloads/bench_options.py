@@ -12,15 +12,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 from .bench_report import Shape
+from .model_presets import DEFAULT_MODELS, PRESETS
 
-# Every case; the decode case runs only when asked for.
-CASES = ("forward", "backward", "train", "decode")
+# Every case; the decode and models cases run only when asked for.
+CASES = ("forward", "backward", "train", "decode", "models")
 DEFAULT_CASES = ("forward", "backward", "train")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 SHAPES = "4096x4096,8x4096,1x4096"
 BACKWARD_SHAPES = {"gpu": "16384x8192,32768x4096,4096x4096", "cpu": "4096x4096"}
 TRAIN_TOKENS = {"gpu": 4096, "cpu": 32}
 TRAIN_DTYPE = {"gpu": "bfloat16", "cpu": "float32"}
+# The models case's prompt: mlx-lm's default prefill step on a GPU; shorter on the
+# CPU, where a small 4-bit model prefills only a few hundred tokens a second.
+PREFILL_TOKENS = {"gpu": 512, "cpu": 128}
 DECODE_SHAPES = "1x2048,1x4096,1x8192,8x2048,8x4096,8x8192"
 # The cases PyTorch has baselines for.
 TORCH_CASES = ("forward", "backward")
@@ -43,6 +47,10 @@ def case_list(text: str) -> tuple[str, ...]:
 
 def dtype_list(text: str) -> tuple[str, ...]:
     return names(text, DTYPE_NAMES, "unknown dtype")
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    return names(text, tuple(PRESETS), "unknown model preset")
 
 
 def shape(text: str) -> Shape:
@@ -87,6 +95,11 @@ class BenchOptions:
     decode_shapes: tuple[Shape, ...] = shape_list(DECODE_SHAPES)
     decode_dtypes: tuple[str, ...] = ("bfloat16",)
     decode_calls: int = 64
+    models: tuple[str, ...] | None = None
+    prefill_tokens: int | None = None
+    decode_tokens: int = 32
+    model_repeats: int = 15
+    seed: int = 0
 
     def for_device(self) -> BenchOptions:
         """The options with every device default filled in."""
@@ -95,6 +108,8 @@ class BenchOptions:
             backward_shapes=self.backward_shapes or shape_list(BACKWARD_SHAPES[self.device]),
             train_tokens=self.train_tokens or TRAIN_TOKENS[self.device],
             train_dtype=self.train_dtype or TRAIN_DTYPE[self.device],
+            models=self.models or DEFAULT_MODELS[self.device],
+            prefill_tokens=self.prefill_tokens or PREFILL_TOKENS[self.device],
         )
 
     def torch_cases(self) -> BenchOptions | None:
@@ -111,7 +126,7 @@ class BenchOptions:
         for key in ("shapes", "backward_shapes", "decode_shapes"):
             if data[key] is not None:
                 data[key] = tuple((rows, hidden) for rows, hidden in data[key])
-        for key in ("cases", "dtypes", "decode_dtypes"):
+        for key in ("cases", "dtypes", "decode_dtypes", "models"):
             if data[key] is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -146,7 +161,8 @@ _LISTS = (
         "LIST",
         f"comma-separated cases to run, of {','.join(CASES)} (default: "
         f"{','.join(DEFAULT_CASES)}); decode: per-call cost of each op in a chain of dependent "
-        "calls at decode shapes",
+        "calls at decode shapes; models: prefill and decode tokens/s of stock mlx-lm models "
+        "against mlxr.fuse'd ones (needs mlx-lm)",
     ),
     (
         "--shapes",
@@ -184,13 +200,37 @@ _LISTS = (
         "LIST",
         "decode: comma-separated dtypes (default: bfloat16)",
     ),
+    (
+        "--models",
+        model_list,
+        None,
+        "LIST",
+        "models: comma-separated presets: "
+        + ", ".join(name for name in PRESETS if not name.endswith("-4bit"))
+        + ", each also as NAME-4bit, the same model after nn.quantize(group_size=64, "
+        "bits=4) (default: the first four and their -4bit twins on the GPU, the small ones "
+        "on the CPU)",
+    ),
 )
-# The decode case's whole-number options: flag, default, help.
+# The decode and models cases' whole-number options: flag, default, help.
 _CASE_COUNTS = (
     (
         "--decode-calls",
         64,
         "decode: dependent calls in each timed chain (default: 64); the repeats are --repeats",
+    ),
+    (
+        "--prefill-tokens",
+        None,
+        f"models: prompt tokens of each prefill (default: {PREFILL_TOKENS['gpu']} on the GPU, "
+        f"{PREFILL_TOKENS['cpu']} on the CPU)",
+    ),
+    ("--decode-tokens", 32, "models: greedy decode steps after each prefill (default: 32)"),
+    (
+        "--model-repeats",
+        15,
+        "models: repetitions, each running stock and fused in shuffled order (default: 15; "
+        "fewer than 15 claim nothing)",
     ),
 )
 
@@ -202,6 +242,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     for flag, default, text in (*_TRAIN_COUNTS, *_CASE_COUNTS):
         p.add_argument(flag, type=positive, default=default, metavar="N", help=text)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="models: the seed of the random weights, prompts and the modes' order (default: 0)",
+    )
     p.add_argument(
         "--train-dtype",
         choices=DTYPE_NAMES,

@@ -3,8 +3,9 @@
 Cases: forward (rmsnorm_fused against mx.fast.rms_norm and against x + r then
 mx.fast.rms_norm), backward (the gradients of the same, from mx.vjp), a
 training step (mx.value_and_grad of a stack of pre-norm blocks, fused against
-stock) and decode (per-call cost of each op in a chain of dependent calls,
-decode_mlx). Every ratio compares cases measured in the same run on the same
+stock), decode (per-call cost of each op in a chain of dependent calls,
+decode_mlx) and models (stock mlx-lm models against mlxr.fuse'd ones, tokens/s,
+models_mlx). Every ratio compares cases measured in the same run on the same
 machine; each time is a median after a warm-up. Shares of copy count the bytes
 each case must move. On a GPU, PyTorch's baselines run in a process of their
 own, where PyTorch is present.
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import decode_report
+from . import decode_report, models_report
 from .bench_options import BenchOptions
 from .bench_report import (
     COPY,
@@ -116,6 +117,14 @@ def write_results(out_dir: Path, device: str, text: str) -> None:
     (out_dir / f"bench-{device}.md").write_text(text)
 
 
+def write_models(out_dir: Path, device: str, results: dict[str, Any]) -> None:
+    """The models case's raw numbers as JSON, and its chart where matplotlib is."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"bench-models-{device}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    models_report.try_chart(results, stem.with_suffix(".png"))
+
+
 def decode_text(options: BenchOptions, device: Any) -> str:
     from . import decode_mlx  # MLX only here, in the wheel's venv
 
@@ -124,10 +133,28 @@ def decode_text(options: BenchOptions, device: Any) -> str:
     return decode_report.markdown(rows, options.decode_calls)
 
 
+def models_results(options: BenchOptions, machine: str) -> dict[str, Any]:
+    from . import models_mlx  # MLX, mlx-lm and mlxr only here, in the wheel's venv
+
+    return models_mlx.bench_models(
+        options.models or (),
+        options.prefill_tokens or 0,
+        options.decode_tokens,
+        options.model_repeats,
+        options.seed,
+        machine,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("options", type=BenchOptions.from_json, help="the BenchOptions, as JSON")
-    p.add_argument("--out-dir", type=Path, help="write bench-<device>.md (and .png) here")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        help="write bench-<device>.md (and .png) here; with the models case, also "
+        "bench-models-<device>.json and .png",
+    )
     args = p.parse_args(argv)
     options: BenchOptions = args.options.for_device()
     from . import bench_mlx  # MLX only here, in the wheel's venv
@@ -148,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     text = report(machine, forward, backward, train)
     if "decode" in run:
         text += "\n" + decode_text(options, device)
+    models = models_results(options, machine) if "models" in run else None
+    if models is not None:
+        text += "\n" + models_report.markdown(models)
     print(text)
     swept = bench_mlx.sweep(dtypes, device, repeats) if options.sweep else []
     if swept:
@@ -157,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         write_results(args.out_dir, options.device, text)
         if swept:
             chart(swept, machine, args.out_dir / f"bench-{options.device}.png")
+        if models is not None:
+            write_models(args.out_dir, options.device, models)
 
 
 if __name__ == "__main__":
