@@ -17,6 +17,12 @@
 #   suites    both at once, SUITE_WORKERS (default 7) each
 #   compare   the two suite results: no new failures, the shared ones listed
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
+#   bench-decode
+#             mlxr.py bench --backend cuda --cases decode (per-call cost in chains)
+#   bench-models
+#             mlxr.py bench --backend cuda --cases models: the 8 real-shape presets,
+#             stock against mlxr.fuse (about 5 minutes on an H200); the chart, where
+#             matplotlib is missing, later: models_report chart (docs/benchmarks.md)
 #   save, save-baseline
 #             our wheel, or the baseline's, split in 15 MB parts, to $OUT/wheel/ or
 #             $OUT/baseline/ for a later call, which takes it from .device/wheel/ or
@@ -32,7 +38,7 @@ while (($#)); do
   case $1 in
     --archs) archs=$2; shift 2 ;;
     --nvtx-from-toolkit) nvtx=(--nvtx-from-toolkit); shift ;;
-    build | baseline | test | suite-ours | suite-baseline | suites | compare | bench | save | save-baseline)
+    build | baseline | test | suite-ours | suite-baseline | suites | compare | bench | bench-decode | bench-models | save | save-baseline)
       stages+=("$1")
       shift
       ;;
@@ -96,6 +102,12 @@ site() { # DIR WHEEL...: install wheels, without their needs, into DIR
   echo "$dir"
 }
 
+mlx_lm_site() { # mlx-lm alone, without its needs (the machine has them), for the bench
+  local dir=/tmp/site-mlx-lm
+  [[ -d $dir/mlx_lm ]] || python3 -m pip install -q --no-deps --target "$dir" .whl/mlx_lm-*.whl
+  echo "$dir"
+}
+
 # The files whose run-time compiled kernels take longest start first, and
 # test_quantized.py's tests (20 to 45 s of compiling each) a few to a chunk.
 suite_first=test_quantized.py,test_fast_sdpa.py,test_fast.py,test_compile.py,test_conv.py
@@ -149,6 +161,16 @@ for stage in "${stages[@]}"; do
         --repeats 15 --shapes 16384x8192,32768x4096,32x4096,1x4096 --dtypes bfloat16,float32 \
         2>&1 | tee "$out/bench.log" || failed+=" bench"
       cp build/results/bench-gpu.md "$out/" || true
+      ;;
+    bench-decode | bench-models)
+      # mlx-lm on PYTHONPATH, as for the tests: the models case imports it, and
+      # `bench` installs nothing where it imports.
+      case_=${stage#bench-}
+      PYTHONPATH=$(mlx_lm_site) timeout "${BENCH_TIMEOUT:-540}" python3 scripts/mlxr.py bench \
+        --backend cuda --wheel "$(ours)" --cases "$case_" 2>&1 | tee "$out/$stage.log" ||
+        failed+=" $stage"
+      cp build/results/bench-gpu.md "$out/$stage.md" || true
+      cp build/results/bench-models-gpu.* "$out/" 2>/dev/null || true
       ;;
     save | save-baseline)
       if [[ $stage == save ]]; then dir=$out/wheel w=$(ours); else dir=$out/baseline w=$(baseline_wheel); fi
