@@ -33,10 +33,11 @@ from .model_presets import GROUP_SIZE, PRESETS, Preset
 from .models_report import FUSED, MODES, STOCK
 
 # Stock and fused logits differ by rounding only: the fused op adds and
-# normalizes in float32 where the stock chain rounds the sum to bfloat16 first,
-# which moves bfloat16 logits by about 1% (relative L2) through a few layers.
-# A bug (a norm skipped, a weight or residual lost) moves them by tens of %.
-RELATIVE_TOLERANCE = 0.1
+# normalizes in float32 where the stock chain rounds the sum to bfloat16 first.
+# Measured on the small presets: 0 to 6% (relative L2) in bfloat16 and 4-bit,
+# while in float32 the two agree to 1e-5. Deeper models may amplify rounding,
+# hence the margin; a lost norm or residual moves the logits by far more.
+RELATIVE_TOLERANCE = 0.2
 # Where the greedy tokens differ, a near tie: stock rates both within this many
 # standard deviations of its logits.
 LOGIT_TOLERANCE = 0.25
