@@ -50,6 +50,12 @@ def _interval(s: RatioSummary) -> str:
     return f"{s.median:.3f} [{s.low:.3f}, {s.high:.3f}]"
 
 
+def _verdict(preset: dict[str, Any], s: RatioSummary) -> str:
+    """The verdict, or why it cannot stand: outputs that differ beyond rounding."""
+    problems = preset.get("check", {}).get("problems", [])
+    return f"{s.verdict}; check failed: {'; '.join(problems)}" if problems else s.verdict
+
+
 def phase_markdown(results: dict[str, Any], phase: str) -> str:
     tokens = results[f"{phase}_tokens"]
     what = f"prefill of {tokens} tokens" if phase == "prefill" else f"{tokens} decode steps"
@@ -63,7 +69,7 @@ def phase_markdown(results: dict[str, Any], phase: str) -> str:
         stock, fused = (tokens_per_second(preset, mode, phase) for mode in MODES)
         lines.append(
             f"| {preset['name']} | {preset['dtype']} | {_spread(stock)} | {_spread(fused)} "
-            f"| {_interval(s)} | {s.minimum:.3f}–{s.maximum:.3f} | {s.verdict} |"
+            f"| {_interval(s)} | {s.minimum:.3f}–{s.maximum:.3f} | {_verdict(preset, s)} |"
         )
     return "\n".join(lines) + "\n"
 
