@@ -126,7 +126,9 @@ __device__ void add_in_place(
     const AlignedVector<T, N>& r) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
-    float sum = static_cast<float>(b[i]) + static_cast<float>(r[i]);
+    // __fadd_rn: for float32, a b that is a product must be rounded before the
+    // add, as the add op gets it, not fused with it into an FMA.
+    float sum = __fadd_rn(static_cast<float>(b[i]), static_cast<float>(r[i]));
     if constexpr (CLIP) {
       sum = isnan(sum) ? sum : fminf(fmaxf(sum, -65504.0f), 65504.0f);
     }
