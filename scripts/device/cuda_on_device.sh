@@ -13,7 +13,8 @@
 #   suite-ours, suite-baseline
 #             upstream's python/tests on the GPU against one wheel, in parallel chunks
 #             (SUITE_WORKERS processes, default 6; they may run at once), merged
-#             into suite-ours.xml or suite-baseline.xml
+#             into suite-ours.xml or suite-baseline.xml; SUITE_ONLY or SUITE_EXCLUDE
+#             (comma-separated test files) pick the files
 #   suites    both at once, SUITE_WORKERS (default 7) each
 #   compare   the two suite results: no new failures, the shared ones listed
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
@@ -143,6 +144,7 @@ for stage in "${stages[@]}"; do
         --junit "$out/suite-$which.xml" --log "$out/suite-$which-tests.log" --tag "$which" \
         --workers "${SUITE_WORKERS:-6}" --deadline "${SUITE_TIMEOUT:-540}" \
         --first "${SUITE_FIRST:-$suite_first}" --chunk-for "${SUITE_CHUNK_FOR:-$suite_chunk_for}" \
+        --only "${SUITE_ONLY:-}" --exclude "${SUITE_EXCLUDE:-}" \
         >"$out/suite-$which.log" 2>&1 || true
       tail -2 "$out/suite-$which.log"
       ;;

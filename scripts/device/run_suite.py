@@ -8,7 +8,12 @@ to a pool of workers as each becomes free. The chunks' JUnit XML is merged into
 one file (--junit) and their output into one log (--log): the GPU machines
 return a limited number of files. Each worker has its own PTX cache: MLX
 writes that cache without locking, so two processes sharing it could read a
-half-written file.
+half-written file. What a finished chunk compiled is shared all the same: its
+new cache files are linked into a pool, and the pool's files into a worker's
+cache before its next chunk starts, while no process of that worker runs, so
+that a kernel is compiled about once per suite instead of once per worker.
+--only and --exclude pick test files, so that a slow file can have a run of
+its own.
 """
 
 from __future__ import annotations
@@ -54,6 +59,29 @@ def collect(tests_dir: Path) -> list[str]:
     return ids
 
 
+def select(test_ids: list[str], only: list[str], exclude: list[str]) -> list[str]:
+    """The ids of the files in `only` (every file if empty), less those in `exclude`."""
+    files = [test_id.split("::")[0] for test_id in test_ids]
+    return [
+        test_id
+        for test_id, name in zip(test_ids, files, strict=True)
+        if (not only or name in only) and name not in exclude
+    ]
+
+
+def link_new(src: Path, dst: Path) -> int:
+    """Hard-links every file under src that dst lacks into dst, at the same
+    relative path (MLX nests long kernel names in folders); returns how many."""
+    linked = 0
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+            linked += 1
+    return linked
+
+
 def chunks(
     test_ids: list[str], size: int, first: list[str], size_for: dict[str, int]
 ) -> deque[Chunk]:
@@ -91,8 +119,19 @@ def merge_junit(parts: list[Path], junit: Path) -> None:
     ET.ElementTree(suite).write(junit)
 
 
+def ptx_cache(tag: str, worker: int) -> Path:
+    return Path(f"/tmp/ptx-{tag}-{worker}")
+
+
+def ptx_pool(tag: str) -> Path:
+    return Path(f"/tmp/ptx-{tag}-pool")
+
+
 def start(chunk: Chunk, worker: int, tests_dir: Path, work: Path, tag: str) -> Running:
-    env = {**os.environ, "MLX_PTX_CACHE_DIR": f"/tmp/ptx-{tag}-{worker}"}
+    cache = ptx_cache(tag, worker)
+    cache.mkdir(parents=True, exist_ok=True)
+    link_new(ptx_pool(tag), cache)
+    env = {**os.environ, "MLX_PTX_CACHE_DIR": str(cache)}
     log = (work / f"chunk-{chunk.index:03d}.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -127,6 +166,8 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=20, help="tests per chunk (default 20)")
     p.add_argument("--chunk-for", default="", help="FILE=N,...: tests per chunk for these files")
     p.add_argument("--first", default="", help="comma-separated test files to start first")
+    p.add_argument("--only", default="", help="comma-separated test files to run (default: all)")
+    p.add_argument("--exclude", default="", help="comma-separated test files not to run")
     p.add_argument(
         "--deadline", type=float, default=540, help="seconds; later chunks are stopped and counted"
     )
@@ -134,7 +175,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix=f"suite-{args.tag}-"))
     begin = time.monotonic()
     first = [f for f in args.first.split(",") if f]
-    pending = chunks(collect(args.tests_dir), args.chunk, first, sizes(args.chunk_for))
+    only, exclude = ([f for f in text.split(",") if f] for text in (args.only, args.exclude))
+    test_ids = select(collect(args.tests_dir), only, exclude)
+    pending = chunks(test_ids, args.chunk, first, sizes(args.chunk_for))
+    ptx_pool(args.tag).mkdir(parents=True, exist_ok=True)
     total = len(pending)
     print(f"run_suite.py {args.tag}: {total} chunks, in {work}", flush=True)
     running: list[Running] = []
@@ -152,6 +196,8 @@ def main() -> int:
             if job.proc.poll() is None:
                 continue
             running.remove(job)
+            if job.proc.returncode >= 0:  # a killed process may have left a file half-written
+                link_new(ptx_cache(args.tag, job.worker), ptx_pool(args.tag))
             free.append(job.worker)
             done += 1
             took = time.monotonic() - job.started

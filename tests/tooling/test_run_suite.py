@@ -1,0 +1,46 @@
+"""scripts/device/run_suite.py: which tests run, and how PTX caches are shared."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts" / "device"))
+
+from run_suite import chunks, link_new, select  # noqa: E402
+
+IDS = [
+    "test_quantized.py::TestQuantized::test_qmm",
+    "test_quantized.py::TestQuantized::test_qmv",
+    "test_fast.py::TestFast::test_rms_norm",
+    "test_ops.py::TestOps::test_add",
+]
+
+
+def test_select_keeps_only_and_drops_exclude() -> None:
+    assert select(IDS, [], []) == IDS
+    assert select(IDS, ["test_quantized.py"], []) == IDS[:2]
+    assert select(IDS, [], ["test_quantized.py"]) == IDS[2:]
+    assert select(IDS, ["test_fast.py", "test_ops.py"], ["test_ops.py"]) == [IDS[2]]
+
+
+def test_chunks_of_a_selection_keep_files_apart() -> None:
+    out = chunks(select(IDS, [], ["test_ops.py"]), 2, ["test_fast.py"], {})
+    assert [c.test_ids for c in out] == [[IDS[2]], IDS[:2]]
+
+
+def test_link_new_shares_files_without_replacing_any(tmp_path: Path) -> None:
+    cache, pool = tmp_path / "cache", tmp_path / "pool"
+    (cache / "long").mkdir(parents=True)
+    pool.mkdir()
+    (cache / "a.ptx").write_text("a")
+    (cache / "long" / "b.ptx").write_text("b")
+    (pool / "a.ptx").write_text("pool's a")
+    assert link_new(cache, pool) == 1
+    assert (pool / "long" / "b.ptx").read_text() == "b"
+    assert (pool / "a.ptx").read_text() == "pool's a"
+    assert (pool / "long" / "b.ptx").stat().st_ino == (cache / "long" / "b.ptx").stat().st_ino
+    assert link_new(cache, pool) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    assert link_new(pool, other) == 2
+    assert sorted(p.name for p in other.rglob("*.ptx")) == ["a.ptx", "b.ptx"]
