@@ -100,6 +100,26 @@ struct FusedParams {
   }
 };
 
+// The arrays of a backward launch, with gh = g when h is not an output and gw
+// the float32 weight-gradient partials, a row of axis_size a block.
+template <typename T>
+struct FusedVjpParams {
+  struct Arrays {
+    const T* h;
+    const T* w;
+    const T* g;
+    const T* gh;
+    T* gx;
+    float* gw;
+  } arrays;
+  int64_t w_stride;
+  float eps;
+  float weight_offset;
+  uint32_t axis_size;
+  uint32_t n_rows;
+  uint32_t rows_per_block;
+};
+
 // The form of the forward: b = x, or the norm of x with the branch weight
 // when NORM_BRANCH; h = b + r when HAS_RESIDUAL; y = the norm of h when
 // NORM_OUTPUT. HAS_OFFSET and CLIP are compile-time too, so that the forms
@@ -442,26 +462,15 @@ template <
     int BLOCK_DIM = RMS_FUSED_SMALL_MAX_BLOCK>
 __global__ void __launch_bounds__(
     RMS_FUSED_SMALL_MAX_BLOCK,
-    N_CHUNKS <= 2 ? 2 : 1)
-    rms_norm_fused_vjp_small(
-        const T* h,
-        const T* w,
-        const T* g,
-        const T* gh,
-        T* gx,
-        float* gw,
-        float eps,
-        uint32_t axis_size,
-        uint32_t n_rows,
-        uint32_t rows_per_block,
-        float weight_offset) {
+    N_CHUNKS <= 2 ? 2 : 1) rms_norm_fused_vjp_small(FusedVjpParams<T> args) {
+  auto [h, w, g, gh, gx, gw] = args.arrays;
   auto block = cg::this_thread_block();
   using BlockReduceF2 = BlockBroadcastReduce<float2, BLOCK_DIM>;
   // Two, so that a warp can store the sums of a row while another still
   // reads those of the row before.
   __shared__ typename BlockReduceF2::TempStorage temp[2];
 
-  uint32_t n_vectors = axis_size / N_READS;
+  uint32_t n_vectors = args.axis_size / N_READS;
   // Only the last chunk can run past the end of the row.
   bool last_in_row = (N_CHUNKS - 1) * blockDim.x + threadIdx.x < n_vectors;
   AlignedVector<T, N_READS> wn[N_CHUNKS];
@@ -474,9 +483,9 @@ __global__ void __launch_bounds__(
     set_zero(gwn[i]);
   }
 
-  uint32_t first_row = blockIdx.x * rows_per_block;
-  uint32_t n_block_rows = min(rows_per_block, n_rows - first_row);
-  size_t row = static_cast<size_t>(first_row) * axis_size;
+  uint32_t first_row = blockIdx.x * args.rows_per_block;
+  uint32_t n_block_rows = min(args.rows_per_block, args.n_rows - first_row);
+  size_t row = static_cast<size_t>(first_row) * args.axis_size;
   h += row;
   g += row;
   gh += row;
@@ -496,12 +505,12 @@ __global__ void __launch_bounds__(
           ghn[i] = unsafe_load_vector<N_READS>(gh, index);
         }
         add_vjp_sums<true, HAS_OFFSET>(
-            sums, hn[i], gn[i], wn[i], weight_offset);
+            sums, hn[i], gn[i], wn[i], args.weight_offset);
       }
     }
     sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
-    float inv_rms = rsqrt(sums.x / axis_size + eps);
-    float mean_wgh = sums.y / axis_size;
+    float inv_rms = rsqrt(sums.x / args.axis_size + args.eps);
+    float mean_wgh = sums.y / args.axis_size;
     float inv_rms3 = inv_rms * inv_rms * inv_rms;
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
@@ -517,23 +526,24 @@ __global__ void __launch_bounds__(
                 gn[i],
                 wn[i],
                 HAS_GH ? ghn[i] : hn[i],
-                weight_offset,
+                args.weight_offset,
                 inv_rms,
                 mean_wgh,
                 inv_rms3,
                 gwn[i]));
       }
     }
-    h += axis_size;
-    g += axis_size;
-    gh += axis_size;
-    gx += axis_size;
+    h += args.axis_size;
+    g += args.axis_size;
+    gh += args.axis_size;
+    gx += args.axis_size;
   }
 
-  gw += static_cast<size_t>(blockIdx.x) * axis_size;
+  gw += static_cast<size_t>(blockIdx.x) * args.axis_size;
 #pragma unroll
   for (int i = 0; i < N_CHUNKS; i++) {
-    store_vector<N_READS>(gw, i * blockDim.x + threadIdx.x, gwn[i], axis_size);
+    store_vector<N_READS>(
+        gw, i * blockDim.x + threadIdx.x, gwn[i], args.axis_size);
   }
 }
 
@@ -544,72 +554,71 @@ __global__ void __launch_bounds__(
 // rms_norm_fused_small and rms_norm_fused_vjp_small at the same block size.
 template <typename T, bool HAS_GH, bool HAS_W, bool HAS_OFFSET, int N_READS>
 __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
-    rms_norm_fused_vjp_looped(
-        const T* h,
-        const T* w,
-        const T* g,
-        const T* gh,
-        T* gx,
-        float* gw,
-        float eps,
-        uint32_t axis_size,
-        uint32_t n_rows,
-        uint32_t rows_per_block,
-        float weight_offset,
-        int64_t w_stride) {
+    rms_norm_fused_vjp_looped(FusedVjpParams<T> args) {
+  auto [h, w, g, gh, gx, gw] = args.arrays;
   auto block = cg::this_thread_block();
   using BlockReduceF2 = BlockBroadcastReduce<float2, RMS_FUSED_LOOPED_BLOCK>;
   // Two, as in rms_norm_fused_vjp_small.
   __shared__ typename BlockReduceF2::TempStorage temp[2];
 
-  uint32_t n_vectors = cuda::ceil_div(axis_size, N_READS);
-  uint32_t first_row = blockIdx.x * rows_per_block;
-  uint32_t n_block_rows = min(rows_per_block, n_rows - first_row);
+  uint32_t n_vectors = cuda::ceil_div(args.axis_size, N_READS);
+  uint32_t first_row = blockIdx.x * args.rows_per_block;
+  uint32_t n_block_rows = min(args.rows_per_block, args.n_rows - first_row);
   if constexpr (HAS_W) {
-    gw += static_cast<size_t>(blockIdx.x) * axis_size;
+    gw += static_cast<size_t>(blockIdx.x) * args.axis_size;
   }
   for (uint32_t k = 0; k < n_block_rows; k++) {
-    size_t row = static_cast<size_t>(first_row + k) * axis_size;
+    size_t row = static_cast<size_t>(first_row + k) * args.axis_size;
     float2 sums = {0, 0};
     for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-      auto hn = load_vector<N_READS>(h + row, index, axis_size, T(0));
-      auto gn = load_vector<N_READS>(g + row, index, axis_size, T(0));
+      auto hn = load_vector<N_READS>(h + row, index, args.axis_size, T(0));
+      auto gn = load_vector<N_READS>(g + row, index, args.axis_size, T(0));
       AlignedVector<T, N_READS> wn;
       if constexpr (HAS_W) {
-        wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
+        wn =
+            load_vector<N_READS>(w, index, args.axis_size, args.w_stride, T(0));
       }
-      add_vjp_sums<HAS_W, HAS_OFFSET>(sums, hn, gn, wn, weight_offset);
+      add_vjp_sums<HAS_W, HAS_OFFSET>(sums, hn, gn, wn, args.weight_offset);
     }
     sums = BlockReduceF2{block, temp[k % 2]}.Reduce(sums, plus_f2, {});
-    float inv_rms = rsqrt(sums.x / axis_size + eps);
-    float mean_wgh = sums.y / axis_size;
+    float inv_rms = rsqrt(sums.x / args.axis_size + args.eps);
+    float mean_wgh = sums.y / args.axis_size;
     float inv_rms3 = inv_rms * inv_rms * inv_rms;
 
     for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
-      auto hn = load_vector<N_READS>(h + row, index, axis_size, T(0));
-      auto gn = load_vector<N_READS>(g + row, index, axis_size, T(0));
+      auto hn = load_vector<N_READS>(h + row, index, args.axis_size, T(0));
+      auto gn = load_vector<N_READS>(g + row, index, args.axis_size, T(0));
       AlignedVector<T, N_READS> wn;
       AlignedVector<T, N_READS> ghn;
       AlignedVector<float, N_READS> gwn;
       if constexpr (HAS_W) {
-        wn = load_vector<N_READS>(w, index, axis_size, w_stride, T(0));
+        wn =
+            load_vector<N_READS>(w, index, args.axis_size, args.w_stride, T(0));
         if (k == 0) {
           set_zero(gwn);
         } else {
-          gwn = load_vector<N_READS>(gw, index, axis_size, 0.0f);
+          gwn = load_vector<N_READS>(gw, index, args.axis_size, 0.0f);
         }
       }
       if constexpr (HAS_GH) {
-        ghn = load_vector<N_READS>(gh + row, index, axis_size, T(0));
+        ghn = load_vector<N_READS>(gh + row, index, args.axis_size, T(0));
       }
       store_vector<N_READS>(
           gx + row,
           index,
           vjp_vector<HAS_W, HAS_GH, HAS_OFFSET>(
-              hn, gn, wn, ghn, weight_offset, inv_rms, mean_wgh, inv_rms3, gwn),
-          axis_size);
+              hn,
+              gn,
+              wn,
+              ghn,
+              args.weight_offset,
+              inv_rms,
+              mean_wgh,
+              inv_rms3,
+              gwn),
+          args.axis_size);
       if constexpr (HAS_W) {
-        store_vector<N_READS>(gw, index, gwn, axis_size);
+        store_vector<N_READS>(gw, index, gwn, args.axis_size);
       }
     }
   }
@@ -934,23 +943,21 @@ void RMSNormFusedVJP::eval_gpu(
         launch.n_chunks <= cu::RMS_FUSED_VJP_MAX_CHUNKS &&
         axis_size % N_READS == 0 && w_stride == 1 && is_aligned(h) &&
         is_aligned(w) && is_aligned(g) && is_aligned(gh) && is_aligned(gx);
-    auto add_node = [&](auto kernel, auto... extra) {
-      encoder.add_kernel_node(
-          kernel,
-          n_blocks,
-          launch.block_dim,
-          gpu_ptr<DataType>(h),
-          gpu_ptr<DataType>(w),
-          gpu_ptr<DataType>(g),
-          gpu_ptr<DataType>(gh),
-          gpu_ptr<DataType>(gx),
-          has_w ? gpu_ptr<float>(gw_temp) : nullptr,
-          eps_,
-          axis_size,
-          n_rows,
-          rows_per_block,
-          weight_offset_,
-          extra...);
+    cu::FusedVjpParams<DataType> params{
+        {gpu_ptr<DataType>(h),
+         gpu_ptr<DataType>(w),
+         gpu_ptr<DataType>(g),
+         gpu_ptr<DataType>(gh),
+         gpu_ptr<DataType>(gx),
+         has_w ? gpu_ptr<float>(gw_temp) : nullptr},
+        w_stride,
+        eps_,
+        weight_offset_,
+        axis_size,
+        n_rows,
+        rows_per_block};
+    auto add_node = [&](auto kernel) {
+      encoder.add_kernel_node(kernel, n_blocks, launch.block_dim, params);
     };
     dispatch_bool(has_residual_, [&](auto has_gh) {
       dispatch_bool(weight_offset_ != 0, [&](auto has_offset) {
@@ -964,8 +971,7 @@ void RMSNormFusedVJP::eval_gpu(
                     HAS_GH,
                     has_w_constant.value,
                     HAS_OFFSET,
-                    N_READS>,
-                w_stride);
+                    N_READS>);
           });
           return;
         }
