@@ -101,7 +101,9 @@ struct FusedParams {
 };
 
 // The arrays of a backward launch, with gh = g when h is not an output and gw
-// the float32 weight-gradient partials, a row of axis_size a block.
+// the float32 weight-gradient partials, a row of axis_size a block. The
+// kernels copy the pointers out: read in place, as the forward reads its
+// FusedParams, they cost the register-resident backward spills.
 template <typename T>
 struct FusedVjpParams {
   struct Arrays {
