@@ -98,6 +98,11 @@ struct FusedParams {
     size_t offset = static_cast<size_t>(i) * axis_size;
     return {x + offset, r + offset, out + offset, h + offset};
   }
+
+  // 1 / sqrt(mean(v^2) + eps) of a row whose squares sum to sum_squares.
+  __device__ float inv_rms(float sum_squares) const {
+    return rsqrt(sum_squares / axis_size + eps);
+  }
 };
 
 // The arrays of a backward launch, with gh = g when h is not an output and gw
@@ -264,9 +269,7 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
       }
       add_squares(sum_squares, hn[i]);
     }
-    float inv_rms = rsqrt(
-        BlockReduceT{block, temp[1]}.Sum(sum_squares) / args.axis_size +
-        args.eps);
+    float inv_rms = args.inv_rms(BlockReduceT{block, temp[1]}.Sum(sum_squares));
     sum_squares = 0;
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
@@ -297,9 +300,7 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     }
   }
   if constexpr (Form::norm_output) {
-    float inv_rms = rsqrt(
-        BlockReduceT{block, temp[0]}.Sum(sum_squares) / args.axis_size +
-        args.eps);
+    float inv_rms = args.inv_rms(BlockReduceT{block, temp[0]}.Sum(sum_squares));
 #pragma unroll
     for (int i = 0; i < N_CHUNKS; i++) {
       if (in_row(i)) {
@@ -334,9 +335,8 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
       add_squares(
           sum_squares, load_vector<N_READS>(x, index, args.axis_size, T(0)));
     }
-    branch_inv_rms = rsqrt(
-        BlockReduceT{block, temp[1]}.Sum(sum_squares) / args.axis_size +
-        args.eps);
+    branch_inv_rms =
+        args.inv_rms(BlockReduceT{block, temp[1]}.Sum(sum_squares));
   }
   float sum_squares = 0;
   for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
@@ -357,9 +357,7 @@ __global__ void __launch_bounds__(RMS_FUSED_LOOPED_BLOCK)
     add_squares(sum_squares, hn);
   }
   if constexpr (Form::norm_output) {
-    float inv_rms = rsqrt(
-        BlockReduceT{block, temp[0]}.Sum(sum_squares) / args.axis_size +
-        args.eps);
+    float inv_rms = args.inv_rms(BlockReduceT{block, temp[0]}.Sum(sum_squares));
     const T* h_in = Form::has_residual ? h : x;
     for (uint32_t index = threadIdx.x; index < n_vectors; index += blockDim.x) {
       auto hn = load_vector<N_READS>(h_in, index, args.axis_size, T(0));
