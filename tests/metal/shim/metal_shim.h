@@ -164,10 +164,8 @@ class DeviceMemory {
       r->dirty.clear();
     }
     for (const Range& w : launch_written_) {
-      Region& r = *w.region;
-      std::memcpy(
-          r.harness + w.begin, r.value.data() + w.begin, w.end - w.begin);
-      std::fill(r.owner.begin() + w.begin, r.owner.begin() + w.end, NONE);
+      show(w);
+      set_owner(w, NONE);
     }
     launch_written_.clear();
     active_ = false;
@@ -207,9 +205,7 @@ class DeviceMemory {
       return;
     }
     for (const Range& w : pending_[lid]) {
-      Region& r = *w.region;
-      std::memcpy(
-          r.harness + w.begin, r.value.data() + w.begin, w.end - w.begin);
+      show(w);
     }
   }
 
@@ -268,10 +264,8 @@ class DeviceMemory {
       return;
     }
     for (const Range& w : pending_[lid]) {
-      Region& r = *w.region;
-      std::memcpy(
-          r.harness + w.begin, r.value.data() + w.begin, w.end - w.begin);
-      std::fill(r.owner.begin() + w.begin, r.owner.begin() + w.end, PUBLISHED);
+      show(w);
+      set_owner(w, PUBLISHED);
     }
     pending_[lid].clear();
   }
@@ -297,6 +291,18 @@ class DeviceMemory {
     Region* region;
     size_t begin, end;
   };
+
+  // Lets the kernels' view show the bytes that writes put in w.
+  static void show(const Range& w) {
+    Region& r = *w.region;
+    std::memcpy(
+        r.harness + w.begin, r.value.data() + w.begin, w.end - w.begin);
+  }
+
+  static void set_owner(const Range& w, int who) {
+    auto owner = w.region->owner.begin();
+    std::fill(owner + w.begin, owner + w.end, who);
+  }
 
   DeviceMemory() : page_(sysconf(_SC_PAGESIZE)) {
     struct sigaction action = {};
