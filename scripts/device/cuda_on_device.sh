@@ -9,15 +9,23 @@
 #   build     our CUDA wheel into wheels/ (about 6 minutes with 16 cores)
 #   baseline  the unpatched tree's CUDA wheel, same pin and options, into build/device-baseline/
 #   test      tests/wheel on the GPU (all but test_install.py, which needs PyPI), or
-#             the files in TEST_FILES
+#             the files in TEST_FILES; TEST_WORKERS > 1 runs them in that many
+#             pytest-xdist processes (each compiles its own run-time kernels)
 #   suite-ours, suite-baseline
 #             upstream's python/tests on the GPU against one wheel, in parallel chunks
 #             (SUITE_WORKERS processes, default 6; they may run at once), merged
 #             into suite-ours.xml or suite-baseline.xml; SUITE_ONLY or SUITE_EXCLUDE
-#             (comma-separated test files) pick the files
-#   suites    both at once, SUITE_WORKERS (default 7) each
+#             (comma-separated test files) pick the files. A run resumes an earlier
+#             call's: .device/suite/suite-WHICH.xml (its tests are not run again) and
+#             .device/suite/ptx-WHICH.tar.xz.* (the kernels it compiled)
+#   suites    both at once, SUITE_WORKERS (default 7) each; with two GPUs or more,
+#             each suite on a GPU of its own
+#   save-suites
+#             both suites' compiled kernels, split in 15 MB parts, to $OUT/suite/,
+#             for the next call to resume from (with the two XML files)
 #   compare   the two suite results: no new failures, the shared ones listed
-#   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy)
+#   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy);
+#             BENCH_CASES and BENCH_SHAPES narrow it
 #   bench-decode
 #             mlxr.py bench --backend cuda --cases decode (per-call cost in chains)
 #   bench-models
@@ -39,7 +47,7 @@ while (($#)); do
   case $1 in
     --archs) archs=$2; shift 2 ;;
     --nvtx-from-toolkit) nvtx=(--nvtx-from-toolkit); shift ;;
-    build | baseline | test | suite-ours | suite-baseline | suites | compare | bench | bench-decode | bench-models | save | save-baseline)
+    build | baseline | test | suite-ours | suite-baseline | suites | save-suites | compare | bench | bench-decode | bench-models | save | save-baseline)
       stages+=("$1")
       shift
       ;;
@@ -126,8 +134,10 @@ for stage in "${stages[@]}"; do
       ;;
     test)
       lib=$(site /tmp/site-ours "$(ours)" .whl/mlx_lm-*.whl)
+      workers=()
+      [[ ${TEST_WORKERS:-1} -gt 1 ]] && workers=(-n "$TEST_WORKERS")
       PYTHONPATH=$lib MLXR_TEST_DEVICE=gpu MLXR_WHEEL=$(ours) timeout "${TEST_TIMEOUT:-300}" \
-        python3 -X faulthandler -m pytest -q -p no:cacheprovider ${TEST_FILES:-tests/wheel} \
+        python3 -X faulthandler -m pytest -q -p no:cacheprovider "${workers[@]}" ${TEST_FILES:-tests/wheel} \
         --ignore=tests/wheel/test_install.py --junitxml="$out/tests.xml" \
         >"$out/tests.log" 2>&1 || failed+=" test"
       tail -15 "$out/tests.log"
@@ -140,27 +150,62 @@ for stage in "${stages[@]}"; do
       else
         which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline "$(baseline_wheel)")
       fi
+      # What earlier runs did stays in build/device-suite/ (kept on a machine that
+      # is still warm) or comes from .device/suite/ (carried from an earlier call).
+      state=build/device-suite
+      mkdir -p "$state"
+      if [[ ! -f $state/suite-$which.xml && -f .device/suite/suite-$which.xml ]]; then
+        cp ".device/suite/suite-$which.xml" "$state/"
+      fi
+      if [[ ! -d $state/ptx-$which ]]; then
+        mkdir -p "$state/ptx-$which"
+        if compgen -G ".device/suite/ptx-$which.tar.xz.*" >/dev/null; then
+          cat .device/suite/ptx-"$which".tar.xz.* | tar -xJ -C "$state/ptx-$which"
+        fi
+      fi
       PYTHONPATH=$lib python3 scripts/device/run_suite.py "$src/python/tests" \
-        --junit "$out/suite-$which.xml" --log "$out/suite-$which-tests.log" --tag "$which" \
+        --pool "$state/ptx-$which" --resume "$state/suite-$which.xml" \
+        --junit "$state/suite-$which.xml" --log "$out/suite-$which-tests.log" --tag "$which" \
         --workers "${SUITE_WORKERS:-6}" --deadline "${SUITE_TIMEOUT:-540}" \
         --first "${SUITE_FIRST:-$suite_first}" --chunk-for "${SUITE_CHUNK_FOR:-$suite_chunk_for}" \
         --only "${SUITE_ONLY:-}" --exclude "${SUITE_EXCLUDE:-}" \
         >"$out/suite-$which.log" 2>&1 || true
+      cp "$state/suite-$which.xml" "$out/" || true
       tail -2 "$out/suite-$which.log"
       ;;
     suites)
       # Both suites at once, half the workers each: SUITE_WORKERS is per suite.
-      SUITE_WORKERS=${SUITE_WORKERS:-7} bash scripts/device/cuda_on_device.sh suite-baseline "${nvtx[@]}" &
-      SUITE_WORKERS=${SUITE_WORKERS:-7} bash scripts/device/cuda_on_device.sh suite-ours "${nvtx[@]}"
+      gpus=$(nvidia-smi --list-gpus | wc -l)
+      second=$((gpus > 1 ? 1 : 0))
+      SUITE_WORKERS=${SUITE_WORKERS:-7} CUDA_VISIBLE_DEVICES=$second \
+        bash scripts/device/cuda_on_device.sh suite-baseline "${nvtx[@]}" &
+      SUITE_WORKERS=${SUITE_WORKERS:-7} CUDA_VISIBLE_DEVICES=0 \
+        bash scripts/device/cuda_on_device.sh suite-ours "${nvtx[@]}"
       wait
       ;;
+    save-suites)
+      mkdir -p "$out/suite"
+      for which in ours baseline; do
+        [[ -d build/device-suite/ptx-$which ]] || continue
+        tar -C "build/device-suite/ptx-$which" -c . | xz -T0 -6 |
+          split -b 15M -d - "$out/suite/ptx-$which.tar.xz."
+        du -ch "$out/suite/ptx-$which".tar.xz.* | tail -1
+      done
+      ;;
     compare)
-      python3 scripts/device/compare_suites.py "$out/suite-ours.xml" "$out/suite-baseline.xml" \
+      for which in ours baseline; do
+        if [[ ! -f build/device-suite/suite-$which.xml && -f .device/suite/suite-$which.xml ]]; then
+          mkdir -p build/device-suite && cp ".device/suite/suite-$which.xml" build/device-suite/
+        fi
+      done
+      python3 scripts/device/compare_suites.py build/device-suite/suite-ours.xml \
+        build/device-suite/suite-baseline.xml \
         --out "$out/suite.md" || failed+=" suite"
       ;;
     bench)
       timeout "${BENCH_TIMEOUT:-420}" python3 scripts/mlxr.py bench --backend cuda --wheel "$(ours)" \
-        --repeats 15 --shapes 16384x8192,32768x4096,32x4096,1x4096 --dtypes bfloat16,float32 \
+        --repeats 15 --cases "${BENCH_CASES:-forward,backward,train}" \
+        --shapes "${BENCH_SHAPES:-16384x8192,32768x4096,32x4096,1x4096}" --dtypes bfloat16,float32 \
         2>&1 | tee "$out/bench.log" || failed+=" bench"
       cp build/results/bench-gpu.md "$out/" || true
       ;;

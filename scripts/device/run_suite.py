@@ -13,7 +13,10 @@ new cache files are linked into a pool, and the pool's files into a worker's
 cache before its next chunk starts, while no process of that worker runs, so
 that a kernel is compiled about once per suite instead of once per worker.
 --only and --exclude pick test files, so that a slow file can have a run of
-its own.
+its own. --pool keeps the pool where a later call can carry it back, and
+--resume takes an earlier run's merged XML: its tests are not run again and
+its results join this run's, so a suite longer than one device call can finish
+over several.
 """
 
 from __future__ import annotations
@@ -69,6 +72,21 @@ def select(test_ids: list[str], only: list[str], exclude: list[str]) -> list[str
     ]
 
 
+def junit_key(test_id: str) -> tuple[str, str]:
+    """The (classname, name) pair that pytest's JUnit XML gives this test id."""
+    path, *scopes = test_id.split("::")
+    module = path.removesuffix(".py").replace("/", ".")
+    return ".".join([module, *scopes[:-1]]), scopes[-1]
+
+
+def recorded(junit: Path) -> set[tuple[str, str]]:
+    """The tests an earlier run's JUnit XML has a result for."""
+    return {
+        (case.get("classname", ""), case.get("name", ""))
+        for case in ET.parse(junit).getroot().iter("testcase")
+    }
+
+
 def link_new(src: Path, dst: Path) -> int:
     """Hard-links every file under src that dst lacks into dst, at the same
     relative path (MLX nests long kernel names in folders); returns how many."""
@@ -119,18 +137,15 @@ def merge_junit(parts: list[Path], junit: Path) -> None:
     ET.ElementTree(suite).write(junit)
 
 
-def ptx_cache(tag: str, worker: int) -> Path:
-    return Path(f"/tmp/ptx-{tag}-{worker}")
+def ptx_cache(pool: Path, worker: int) -> Path:
+    """A worker's own cache, beside the pool: hard links need one file system."""
+    return pool.with_name(f"{pool.name}-worker-{worker}")
 
 
-def ptx_pool(tag: str) -> Path:
-    return Path(f"/tmp/ptx-{tag}-pool")
-
-
-def start(chunk: Chunk, worker: int, tests_dir: Path, work: Path, tag: str) -> Running:
-    cache = ptx_cache(tag, worker)
+def start(chunk: Chunk, worker: int, tests_dir: Path, work: Path, tag: str, pool: Path) -> Running:
+    cache = ptx_cache(pool, worker)
     cache.mkdir(parents=True, exist_ok=True)
-    link_new(ptx_pool(tag), cache)
+    link_new(pool, cache)
     env = {**os.environ, "MLX_PTX_CACHE_DIR": str(cache)}
     log = (work / f"chunk-{chunk.index:03d}.log").open("wb")
     proc = subprocess.Popen(
@@ -171,14 +186,30 @@ def main() -> int:
     p.add_argument(
         "--deadline", type=float, default=540, help="seconds; later chunks are stopped and counted"
     )
+    p.add_argument(
+        "--pool",
+        type=Path,
+        help="the shared PTX pool (default: /tmp/ptx-TAG-pool); may hold an earlier run's kernels",
+    )
+    p.add_argument(
+        "--resume", type=Path, help="an earlier run's merged XML: skip its tests, keep its results"
+    )
     args = p.parse_args()
+    pool = args.pool or Path(f"/tmp/ptx-{args.tag}-pool")
     work = Path(tempfile.mkdtemp(prefix=f"suite-{args.tag}-"))
     begin = time.monotonic()
     first = [f for f in args.first.split(",") if f]
     only, exclude = ([f for f in text.split(",") if f] for text in (args.only, args.exclude))
     test_ids = select(collect(args.tests_dir), only, exclude)
+    earlier: list[Path] = []
+    if args.resume and args.resume.exists():
+        have = recorded(args.resume)
+        earlier = [work / "earlier.xml"]
+        earlier[0].write_bytes(args.resume.read_bytes())  # --junit may be the same file
+        test_ids = [t for t in test_ids if junit_key(t) not in have]
+        print(f"run_suite.py {args.tag}: {len(have)} results kept from {args.resume}", flush=True)
     pending = chunks(test_ids, args.chunk, first, sizes(args.chunk_for))
-    ptx_pool(args.tag).mkdir(parents=True, exist_ok=True)
+    pool.mkdir(parents=True, exist_ok=True)
     total = len(pending)
     print(f"run_suite.py {args.tag}: {total} chunks, in {work}", flush=True)
     running: list[Running] = []
@@ -187,7 +218,9 @@ def main() -> int:
     while pending or running:
         late = time.monotonic() - begin > args.deadline
         while free and pending and not late:
-            running.append(start(pending.popleft(), free.pop(), args.tests_dir, work, args.tag))
+            running.append(
+                start(pending.popleft(), free.pop(), args.tests_dir, work, args.tag, pool)
+            )
         for job in list(running):
             if late and job.proc.poll() is None:
                 job.proc.kill()
@@ -197,7 +230,7 @@ def main() -> int:
                 continue
             running.remove(job)
             if job.proc.returncode >= 0:  # a killed process may have left a file half-written
-                link_new(ptx_cache(args.tag, job.worker), ptx_pool(args.tag))
+                link_new(ptx_cache(pool, job.worker), pool)
             free.append(job.worker)
             done += 1
             took = time.monotonic() - job.started
@@ -210,7 +243,7 @@ def main() -> int:
             not_started += len(pending)
             pending.clear()
         time.sleep(0.5)
-    merge_junit(sorted(work.glob("chunk-*.xml")), args.junit)
+    merge_junit(earlier + sorted(work.glob("chunk-*.xml")), args.junit)
     with args.log.open("wb") as log:
         for part in sorted(work.glob("chunk-*.log")):
             log.write(f"==> {part.name}\n".encode() + part.read_bytes())

@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))
 
-from run_suite import chunks, link_new, select  # noqa: E402
+from run_suite import chunks, junit_key, link_new, recorded, select  # noqa: E402
 
 IDS = [
     "test_quantized.py::TestQuantized::test_qmm",
@@ -44,3 +44,14 @@ def test_link_new_shares_files_without_replacing_any(tmp_path: Path) -> None:
     other.mkdir()
     assert link_new(pool, other) == 2
     assert sorted(p.name for p in other.rglob("*.ptx")) == ["a.ptx", "b.ptx"]
+
+
+def test_resume_skips_the_tests_an_earlier_xml_recorded(tmp_path: Path) -> None:
+    junit = tmp_path / "earlier.xml"
+    junit.write_text(
+        '<testsuite><testcase classname="test_quantized.TestQuantized" name="test_qmm"/>'
+        '<testcase classname="test_ops.TestOps" name="test_sub"/></testsuite>'
+    )
+    have = recorded(junit)
+    assert [t for t in IDS if junit_key(t) not in have] == [IDS[1], IDS[2], IDS[3]]
+    assert junit_key("sub/test_x.py::test_plain") == ("sub.test_x", "test_plain")

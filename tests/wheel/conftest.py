@@ -3,9 +3,17 @@
 mx.cpu explicitly."""
 
 import os
+import tempfile
 
-import mlx.core as mx
-import pytest
+# Under pytest-xdist each worker gets its own PTX cache: MLX writes that cache
+# without locking, so workers sharing one could read a half-written kernel.
+# Set before any kernel is compiled, as MLX reads the variable once.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    root = os.environ.get("MLX_PTX_CACHE_DIR", os.path.join(tempfile.gettempdir(), "mlx-ptx"))
+    os.environ["MLX_PTX_CACHE_DIR"] = os.path.join(root, worker)
+
+import mlx.core as mx  # noqa: E402
+import pytest  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:  # noqa: ARG001
