@@ -163,13 +163,16 @@ __device__ void add_in_place(
   }
 }
 
-// One running sum over every value a thread reads, in order.
+// One running sum over every value a thread reads, in order. __fmaf_rn: the
+// compiler contracts sum += t * t into an FMA only where the product and the
+// sum fall in one block, which differs between the forms' kernels, and the
+// forms must sum a row's squares alike to agree bit for bit.
 template <typename T, int N>
 __device__ void add_squares(float& sum, const AlignedVector<T, N>& v) {
 #pragma unroll
   for (int i = 0; i < N; i++) {
     float t = static_cast<float>(v[i]);
-    sum += t * t;
+    sum = __fmaf_rn(t, t, sum);
   }
 }
 
@@ -389,8 +392,8 @@ __device__ void keep_packed(AlignedVector<T, N>& v) {
   }
 }
 
-// Adds h * h, in the order of the forward's sum of squares, and s * g * h,
-// where the scale s is w, or offset + w.
+// Adds h * h, in the order and with the FMAs of the forward's sum of squares
+// (add_squares), and s * g * h, where the scale s is w, or offset + w.
 template <bool HAS_W, bool HAS_OFFSET, typename T, int N>
 __device__ void add_vjp_sums(
     float2& sums,
@@ -407,7 +410,7 @@ __device__ void add_vjp_sums(
     } else if constexpr (HAS_W) {
       wgi *= static_cast<float>(w[i]);
     }
-    sums.x += hi * hi;
+    sums.x = __fmaf_rn(hi, hi, sums.x);
     sums.y += wgi * hi;
   }
 }
