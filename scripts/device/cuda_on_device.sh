@@ -16,8 +16,9 @@
 #             (SUITE_WORKERS processes, default 6; they may run at once), merged
 #             into suite-ours.xml or suite-baseline.xml; SUITE_ONLY or SUITE_EXCLUDE
 #             (comma-separated test files) pick the files. A run resumes an earlier
-#             call's: .device/suite/suite-WHICH.xml (its tests are not run again) and
-#             .device/suite/ptx-WHICH.tar.xz.* (the kernels it compiled)
+#             call's of the same wheel: .device/suite/suite-WHICH.xml and .wheel (its
+#             tests are not run again) and .device/suite/ptx-WHICH.tar.xz.* (the kernels
+#             it compiled)
 #   suites    both at once, SUITE_WORKERS (default 7) each; with two GPUs or more,
 #             each suite on a GPU of its own
 #   save-suites
@@ -146,17 +147,25 @@ for stage in "${stages[@]}"; do
       # Upstream's python/tests against one wheel, in parallel chunks (run_suite.py);
       # `compare` reads both folders. The two may run at once, in the background.
       if [[ $stage == suite-ours ]]; then
-        which=ours src=$(tree mlx-src) lib=$(site /tmp/site-ours "$(ours)")
+        which=ours src=$(tree mlx-src) wheel=$(ours)
       else
-        which=baseline src=$(tree mlx-pristine) lib=$(site /tmp/site-baseline "$(baseline_wheel)")
+        which=baseline src=$(tree mlx-pristine) wheel=$(baseline_wheel)
       fi
+      lib=$(site "/tmp/site-$which" "$wheel")
       # What earlier runs did stays in build/device-suite/ (kept on a machine that
-      # is still warm) or comes from .device/suite/ (carried from an earlier call).
+      # is still warm) or comes from .device/suite/ (carried from an earlier call),
+      # with the checksum of the wheel it ran: another wheel's results start over.
       state=build/device-suite
       mkdir -p "$state"
       if [[ ! -f $state/suite-$which.xml && -f .device/suite/suite-$which.xml ]]; then
-        cp ".device/suite/suite-$which.xml" "$state/"
+        cp ".device/suite/suite-$which.xml" ".device/suite/suite-$which.wheel" "$state/"
       fi
+      wheel_sum=$(sha256sum "$wheel" | cut -c1-16)
+      if [[ -f $state/suite-$which.xml && $(cat "$state/suite-$which.wheel") != "$wheel_sum" ]]; then
+        echo "suite-$which: the earlier results are another wheel's; running every test"
+        rm -rf "$state/suite-$which.xml" "$state/ptx-$which"
+      fi
+      echo "$wheel_sum" >"$state/suite-$which.wheel"
       if [[ ! -d $state/ptx-$which ]]; then
         mkdir -p "$state/ptx-$which"
         if compgen -G ".device/suite/ptx-$which.tar.xz.*" >/dev/null; then
@@ -170,7 +179,7 @@ for stage in "${stages[@]}"; do
         --first "${SUITE_FIRST:-$suite_first}" --chunk-for "${SUITE_CHUNK_FOR:-$suite_chunk_for}" \
         --only "${SUITE_ONLY:-}" --exclude "${SUITE_EXCLUDE:-}" \
         >"$out/suite-$which.log" 2>&1 || true
-      cp "$state/suite-$which.xml" "$out/" || true
+      cp "$state/suite-$which.xml" "$state/suite-$which.wheel" "$out/" || true
       tail -2 "$out/suite-$which.log"
       ;;
     suites)

@@ -195,7 +195,9 @@ def main() -> int:
         "--resume", type=Path, help="an earlier run's merged XML: skip its tests, keep its results"
     )
     args = p.parse_args()
-    pool = args.pool or Path(f"/tmp/ptx-{args.tag}-pool")
+    # Absolute: the chunks run in the tests folder, where MLX would take a
+    # relative cache path from.
+    pool = (args.pool or Path(f"/tmp/ptx-{args.tag}-pool")).resolve()
     work = Path(tempfile.mkdtemp(prefix=f"suite-{args.tag}-"))
     begin = time.monotonic()
     first = [f for f in args.first.split(",") if f]
