@@ -1,6 +1,8 @@
 """Compare two runs of upstream's python/tests (JUnit XML): ours against the
 unpatched baseline, as `mlxr.py test` compares them on the CPU. Exits non-zero
-on a failure that the baseline does not share."""
+on a failure that the baseline does not share. With --recheck (recheck_suite.py's
+counts), a new failure that also failed with the unpatched wheel when run again
+is listed as flaky in both instead."""
 
 from __future__ import annotations
 
@@ -17,9 +19,31 @@ from mlxrtools.environment.upstream_suite import (  # noqa: E402
 )
 
 
-def report(ours: SuiteResult, baseline: SuiteResult) -> tuple[str, list[str]]:
+def read_recheck(path: Path) -> dict[str, tuple[int, int, int]]:
+    """recheck_suite.py's counts: test -> (runs, failed with ours, failed unpatched)."""
+    counts = {}
+    for line in path.read_text().splitlines():
+        test_id, runs, ours, baseline = line.split("\t")
+        counts[test_id] = (int(runs), int(ours), int(baseline))
+    return counts
+
+
+def report(
+    ours: SuiteResult,
+    baseline: SuiteResult,
+    recheck: dict[str, tuple[int, int, int]] | None = None,
+) -> tuple[str, list[str]]:
     comparison = compare(ours, baseline)
-    new = list(comparison["new_failures"])
+    recheck = recheck or {}
+    flaky = [t for t in comparison["new_failures"] if recheck.get(t, (0, 0, 0))[2] > 0]
+    new = [t for t in comparison["new_failures"] if t not in flaky]
+
+    def runs(test_id: str) -> str:
+        if test_id not in recheck:
+            return ""
+        n, with_ours, unpatched = recheck[test_id]
+        return f" (run again {n} times: failed {with_ours} with ours, {unpatched} unpatched)"
+
     shared = sorted(set(ours.failed) & set(baseline.failed))
     fixed = sorted(set(baseline.failed) - set(ours.failed))
     lines = [
@@ -29,7 +53,9 @@ def report(ours: SuiteResult, baseline: SuiteResult) -> tuple[str, list[str]]:
         f"| unpatched | {baseline.passed} | {len(baseline.failed)} | {baseline.skipped} |",
         "",
         f"New failures: {len(new)}",
-        *[f"- {t}" for t in new],
+        *[f"- {t}{runs(t)}" for t in new],
+        f"Flaky in both (failed only with ours here, and unpatched when run again): {len(flaky)}",
+        *[f"- {t}{runs(t)}" for t in flaky],
         f"Failures both share: {len(shared)}",
         *[f"- {t}" for t in shared],
         f"Failing only in the baseline: {len(fixed)}",
@@ -43,8 +69,10 @@ def main() -> int:
     p.add_argument("ours", type=Path, help="JUnit XML of the suite against our wheel")
     p.add_argument("baseline", type=Path, help="the same against the unpatched wheel")
     p.add_argument("--out", type=Path, help="also write the report here (Markdown)")
+    p.add_argument("--recheck", type=Path, help="recheck_suite.py's counts of runs again")
     args = p.parse_args()
-    text, new = report(parse_junit(args.ours), parse_junit(args.baseline))
+    recheck = read_recheck(args.recheck) if args.recheck else None
+    text, new = report(parse_junit(args.ours), parse_junit(args.baseline), recheck)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

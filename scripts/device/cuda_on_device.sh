@@ -24,7 +24,9 @@
 #   save-suites
 #             both suites' compiled kernels, split in 15 MB parts, to $OUT/suite/,
 #             for the next call to resume from (with the two XML files)
-#   compare   the two suite results: no new failures, the shared ones listed
+#   compare   the two suite results: no new failures, the shared ones listed; each new
+#             failure runs again alone RECHECK_RUNS times (12) with both wheels, and one
+#             that fails unpatched too is listed as flaky in both
 #   bench     mlxr.py bench --backend cuda (MLX cases; PyTorch's baselines and copy);
 #             BENCH_CASES and BENCH_SHAPES narrow it
 #   bench-decode
@@ -163,7 +165,7 @@ for stage in "${stages[@]}"; do
       wheel_sum=$(sha256sum "$wheel" | cut -c1-16)
       if [[ -f $state/suite-$which.xml && $(cat "$state/suite-$which.wheel") != "$wheel_sum" ]]; then
         echo "suite-$which: the earlier results are another wheel's; running every test"
-        rm -rf "$state/suite-$which.xml" "$state/ptx-$which"
+        rm -rf "$state/suite-$which.xml" "$state/ptx-$which" "$state/suite-recheck.tsv"
       fi
       echo "$wheel_sum" >"$state/suite-$which.wheel"
       if [[ ! -d $state/ptx-$which ]]; then
@@ -207,8 +209,20 @@ for stage in "${stages[@]}"; do
           mkdir -p build/device-suite && cp ".device/suite/suite-$which.xml" build/device-suite/
         fi
       done
-      python3 scripts/device/compare_suites.py build/device-suite/suite-ours.xml \
-        build/device-suite/suite-baseline.xml \
+      suites_=(build/device-suite/suite-ours.xml build/device-suite/suite-baseline.xml)
+      if ! python3 scripts/device/compare_suites.py "${suites_[@]}" >/dev/null &&
+        [[ ${RECHECK_RUNS:-12} -gt 0 ]]; then
+        # Run each new failure again, alone, against both wheels: flaky in both, or ours.
+        python3 scripts/device/recheck_suite.py "${suites_[@]}" --runs "${RECHECK_RUNS:-12}" \
+          --ours-tests "$(tree mlx-src)/python/tests" --ours-site "$(site /tmp/site-ours "$(ours)")" \
+          --baseline-tests "$(tree mlx-pristine)/python/tests" \
+          --baseline-site "$(site /tmp/site-baseline "$(baseline_wheel)")" \
+          --out build/device-suite/suite-recheck.tsv
+        cp build/device-suite/suite-recheck.tsv "$out/"
+      fi
+      recheck=()
+      [[ -f build/device-suite/suite-recheck.tsv ]] && recheck=(--recheck build/device-suite/suite-recheck.tsv)
+      python3 scripts/device/compare_suites.py "${suites_[@]}" "${recheck[@]}" \
         --out "$out/suite.md" || failed+=" suite"
       ;;
     bench)

@@ -8,7 +8,8 @@ from mlxrtools.environment.upstream_suite import SuiteResult
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))
-from compare_suites import report  # noqa: E402
+from compare_suites import read_recheck, report  # noqa: E402
+from recheck_suite import node_id  # noqa: E402
 
 
 def test_suite_comparison_names_new_and_shared_failures():
@@ -34,3 +35,21 @@ def test_compare_suites_exits_non_zero_on_a_new_failure(tmp_path):
     ok = subprocess.run([*args, junit(tmp_path / "o.xml", False), junit(tmp_path / "b.xml", False)])
     bad = subprocess.run([*args, junit(tmp_path / "n.xml", True), tmp_path / "b.xml"])
     assert (ok.returncode, bad.returncode) == (0, 1)
+
+
+def test_a_new_failure_that_fails_unpatched_when_run_again_is_flaky_in_both(tmp_path):
+    ours = SuiteResult(passed=10, failed=["a::x", "b::y"])
+    baseline = SuiteResult(passed=11)
+    counts = tmp_path / "recheck.tsv"
+    counts.write_text("a::x\t12\t6\t5\nb::y\t12\t12\t0\n")
+    text, new = report(ours, baseline, read_recheck(counts))
+    assert new == ["b::y"]
+    assert "New failures: 1\n- b::y (run again 12 times: failed 12 with ours, 0 unpatched)" in text
+    assert "both (failed only with ours here, and unpatched when run again): 1\n- a::x" in text
+
+
+def test_recheck_names_the_pytest_node_of_a_junit_test_id():
+    assert node_id("test_eval.TestEval::test_donation_for_noops") == (
+        "test_eval.py::TestEval::test_donation_for_noops"
+    )
+    assert node_id("test_x::test_plain") == "test_x.py::test_plain"

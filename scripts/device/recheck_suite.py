@@ -1,0 +1,71 @@
+"""Run each new failure of a GPU suite comparison again, alone, against both wheels.
+
+A test that fails with our wheel and passed once with the unpatched one may be a
+regression or may be flaky in both: on the H200, upstream's
+test_eval.py::TestEval::test_donation_for_noops failed in about half its runs
+with either wheel. Each new failure runs --runs times in its own pytest process
+against each wheel, and the counts of failed runs go to a tab-separated file
+(test, runs, failed with ours, failed unpatched) that compare_suites.py --recheck
+reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlxrtools.environment.upstream_suite import compare, parse_junit  # noqa: E402
+
+
+def node_id(test_id: str) -> str:
+    """test_eval.TestEval::test_x (as parse_junit names it) to pytest's
+    test_eval.py::TestEval::test_x."""
+    scope, name = test_id.rsplit("::", 1)
+    module, *classes = scope.split(".")
+    return "::".join([f"{module}.py", *classes, name])
+
+
+def failed_runs(test_id: str, tests_dir: Path, site: Path, runs: int) -> int:
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
+    failed = 0
+    for _ in range(runs):
+        proc = subprocess.run(
+            [*command, f"--rootdir={tests_dir}", node_id(test_id)],
+            cwd=tests_dir,
+            env=env,
+            capture_output=True,
+        )
+        failed += proc.returncode != 0
+    return failed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("ours", type=Path, help="JUnit XML of the suite against our wheel")
+    p.add_argument("baseline", type=Path, help="the same against the unpatched wheel")
+    p.add_argument("--ours-tests", type=Path, required=True, help="our tree's python/tests")
+    p.add_argument("--ours-site", type=Path, required=True, help="where our wheel is installed")
+    p.add_argument("--baseline-tests", type=Path, required=True, help="the unpatched tree's")
+    p.add_argument("--baseline-site", type=Path, required=True, help="the unpatched wheel's")
+    p.add_argument("--runs", type=int, default=12, help="runs of each test per wheel")
+    p.add_argument("--out", type=Path, required=True, help="the tab-separated counts to write")
+    args = p.parse_args()
+    new = compare(parse_junit(args.ours), parse_junit(args.baseline))["new_failures"]
+    lines = []
+    for test_id in new:
+        ours = failed_runs(test_id, args.ours_tests, args.ours_site, args.runs)
+        baseline = failed_runs(test_id, args.baseline_tests, args.baseline_site, args.runs)
+        print(f"{test_id}: failed {ours} of {args.runs} runs with ours, {baseline} unpatched")
+        lines.append(f"{test_id}\t{args.runs}\t{ours}\t{baseline}\n")
+    args.out.write_text("".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
