@@ -136,10 +136,12 @@ for stage in "${stages[@]}"; do
       baseline_wheel 2>/dev/null || build "$(tree mlx-pristine)" build/device-baseline --no-label
       ;;
     test)
-      lib=$(site /tmp/site-ours "$(ours)" .whl/mlx_lm-*.whl)
+      # A folder of its own: the suites' folder lacks mlx-lm. src/ holds the mlxr
+      # package, which test_fuse.py adopts models with.
+      lib=$(site /tmp/site-tests "$(ours)" .whl/mlx_lm-*.whl)
       workers=()
-      [[ ${TEST_WORKERS:-1} -gt 1 ]] && workers=(-n "$TEST_WORKERS")
-      PYTHONPATH=$lib MLXR_TEST_DEVICE=gpu MLXR_WHEEL=$(ours) timeout "${TEST_TIMEOUT:-300}" \
+      if ((${TEST_WORKERS:-1} > 1)); then workers=(-n "$TEST_WORKERS"); fi
+      PYTHONPATH=$lib:$PWD/src MLXR_TEST_DEVICE=gpu MLXR_WHEEL=$(ours) timeout "${TEST_TIMEOUT:-300}" \
         python3 -X faulthandler -m pytest -q -p no:cacheprovider "${workers[@]}" ${TEST_FILES:-tests/wheel} \
         --ignore=tests/wheel/test_install.py --junitxml="$out/tests.xml" \
         >"$out/tests.log" 2>&1 || failed+=" test"
@@ -213,10 +215,12 @@ for stage in "${stages[@]}"; do
       if ! python3 scripts/device/compare_suites.py "${suites_[@]}" >/dev/null &&
         [[ ${RECHECK_RUNS:-12} -gt 0 ]]; then
         # Run each new failure again, alone, against both wheels: flaky in both, or ours.
+        ours_tests=$(tree mlx-src)/python/tests ours_site=$(site /tmp/site-ours "$(ours)")
+        baseline_tests=$(tree mlx-pristine)/python/tests
+        baseline_site=$(site /tmp/site-baseline "$(baseline_wheel)")
         python3 scripts/device/recheck_suite.py "${suites_[@]}" --runs "${RECHECK_RUNS:-12}" \
-          --ours-tests "$(tree mlx-src)/python/tests" --ours-site "$(site /tmp/site-ours "$(ours)")" \
-          --baseline-tests "$(tree mlx-pristine)/python/tests" \
-          --baseline-site "$(site /tmp/site-baseline "$(baseline_wheel)")" \
+          --ours-tests "$ours_tests" --ours-site "$ours_site" \
+          --baseline-tests "$baseline_tests" --baseline-site "$baseline_site" \
           --out build/device-suite/suite-recheck.tsv
         cp build/device-suite/suite-recheck.tsv "$out/"
       fi

@@ -31,6 +31,9 @@ def node_id(test_id: str) -> str:
 
 
 def failed_runs(test_id: str, tests_dir: Path, site: Path, runs: int) -> int:
+    """How many of `runs` runs failed. Only pytest's "tests failed" counts: a run
+    that could not test (the wheel missing, the test not collected) ends the
+    recheck, or every run of a regression would fail both wheels alike."""
     env = {**os.environ, "PYTHONPATH": str(site)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
     failed = 0
@@ -40,8 +43,14 @@ def failed_runs(test_id: str, tests_dir: Path, site: Path, runs: int) -> int:
             cwd=tests_dir,
             env=env,
             capture_output=True,
+            text=True,
         )
-        failed += proc.returncode != 0
+        if proc.returncode not in (0, 1):
+            sys.exit(
+                f"recheck_suite.py: {test_id} did not run in {tests_dir} with {site} "
+                f"(pytest exit code {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+        failed += proc.returncode
     return failed
 
 

@@ -4,12 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlxrtools.environment.upstream_suite import SuiteResult
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))
 from compare_suites import read_recheck, report  # noqa: E402
-from recheck_suite import node_id  # noqa: E402
+from recheck_suite import failed_runs, node_id  # noqa: E402
 
 
 def test_suite_comparison_names_new_and_shared_failures():
@@ -53,3 +54,14 @@ def test_recheck_names_the_pytest_node_of_a_junit_test_id():
         "test_eval.py::TestEval::test_donation_for_noops"
     )
     assert node_id("test_x::test_plain") == "test_x.py::test_plain"
+
+
+def test_recheck_counts_failed_runs_and_refuses_a_test_that_cannot_run(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        "class TestX:\n    def test_ok(self): pass\n    def test_bad(self): assert False\n"
+    )
+    (tmp_path / "test_broken.py").write_text("import not_a_module_anywhere\n")
+    assert failed_runs("test_x.TestX::test_ok", tmp_path, tmp_path, 2) == 0
+    assert failed_runs("test_x.TestX::test_bad", tmp_path, tmp_path, 2) == 2
+    with pytest.raises(SystemExit, match="did not run"):
+        failed_runs("test_broken::test_anything", tmp_path, tmp_path, 2)
