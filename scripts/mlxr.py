@@ -284,8 +284,9 @@ def test_parser(sub: Subparsers) -> None:
     add_jobs(t)
     t.add_argument(
         "--only",
-        choices=("tooling", "metal", "wheel", "upstream"),
-        help="one tier: tooling or metal (no wheel build, a light venv in build/tooling-venv), "
+        choices=("tooling", "metal", "cuda", "wheel", "upstream"),
+        help="one tier: tooling, metal or cuda (no wheel build, a light venv in "
+        "build/tooling-venv; cuda: the CUDA kernels' PTX, where nvcc is on PATH), "
         "wheel (build, install, tests/wheel), upstream (build, upstream's suite against ours "
         "and the unpatched baseline); without it, everything, as CI runs it",
     )

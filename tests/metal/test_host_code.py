@@ -16,11 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from applied import applied_worktree
 from harness import HERE, KERNEL, ROOT, Case, compile_harness, geometry, run
-from mlxrtools.layout import Layout
-from mlxrtools.queue.apply import commit_series
-from mlxrtools.queue.git import add_worktree, remove_worktree, submodule_pin
-from mlxrtools.queue.series import load_patches
 from test_metal_kernels import check
 
 HOST_FILES = sorted(
@@ -31,12 +28,8 @@ HOST_FILES = sorted(
 
 @pytest.fixture(scope="module")
 def applied_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    layout = Layout(ROOT)
-    tree = tmp_path_factory.mktemp("host") / "tree"
-    add_worktree(layout.upstream, tree, submodule_pin(ROOT))
-    commit_series(tree, load_patches(layout.patches), layout.overlay)
-    yield tree
-    remove_worktree(layout.upstream, tree)
+    with applied_worktree(tmp_path_factory.mktemp("host")) as tree:
+        yield tree
 
 
 def syntax_check(tree: Path, source: str) -> subprocess.CompletedProcess:

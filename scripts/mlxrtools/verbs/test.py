@@ -32,6 +32,7 @@ class Tier:
 TIERS = {
     "tooling": Tier(("tooling",), needs_wheel=False, compares_suite=False),
     "metal": Tier(("metal",), needs_wheel=False, compares_suite=False),
+    "cuda": Tier(("cuda",), needs_wheel=False, compares_suite=False),
     "wheel": Tier(("wheel",), needs_wheel=True, compares_suite=False),
     "upstream": Tier(("test_upstream_suite.py",), needs_wheel=True, compares_suite=True),
 }
@@ -42,7 +43,7 @@ def run(layout: Layout, only: str | None, pytest_args: list[str], jobs: int | No
     tier = TIERS[only] if only else EVERYTHING
     targets = [layout.tests / p for p in tier.paths] or [layout.tests]
     if not tier.needs_wheel:
-        # Both light tiers read the pinned tree (its CMake, its headers).
+        # The light tiers read the pinned tree (its CMake, its headers).
         ensure_submodule(layout.root)
         python = kept_venv(layout.tooling_venv, LIGHT_REQUIREMENTS)
         return Result(_pytest(layout, python, targets, pytest_args, {}))
