@@ -267,10 +267,10 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
     for (int i = 0; i < N_CHUNKS; i++) {
       if (in_row(i)) {
         hn[i] = load(x, i);
+        add_squares(sum_squares, hn[i]);
       } else {
         set_zero(hn[i]);
       }
-      add_squares(sum_squares, hn[i]);
     }
     float inv_rms = args.inv_rms(BlockReduceT{block, temp[1]}.Sum(sum_squares));
     sum_squares = 0;
@@ -284,8 +284,8 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
             args.weight_offset);
         add_in_place<Form::clip>(hn[i], load(r, i));
         store(h, i, hn[i]);
+        add_squares(sum_squares, hn[i]);
       }
-      add_squares(sum_squares, hn[i]);
     }
   } else {
 #pragma unroll
@@ -296,10 +296,10 @@ __global__ void __launch_bounds__(RMS_FUSED_SMALL_MAX_BLOCK)
           add_in_place<Form::clip>(hn[i], load(r, i));
           store(h, i, hn[i]);
         }
+        add_squares(sum_squares, hn[i]);
       } else {
         set_zero(hn[i]);
       }
-      add_squares(sum_squares, hn[i]);
     }
   }
   if constexpr (Form::norm_output) {
