@@ -114,6 +114,15 @@ site() { # DIR WHEEL...: install wheels, without their needs, into DIR
   echo "$dir"
 }
 
+restore_suite() { # WHICH: an earlier call's suite results, carried in .device/suite/,
+  # into build/device-suite/ unless a run on this machine left some there
+  local state=build/device-suite
+  mkdir -p "$state"
+  if [[ ! -f $state/suite-$1.xml && -f .device/suite/suite-$1.xml ]]; then
+    cp ".device/suite/suite-$1.xml" ".device/suite/suite-$1.wheel" "$state/"
+  fi
+}
+
 mlx_lm_site() { # mlx-lm alone, without its needs (the machine has them), for the bench
   local dir=/tmp/site-mlx-lm
   [[ -d $dir/mlx_lm ]] || python3 -m pip install -q --no-deps --target "$dir" .whl/mlx_lm-*.whl
@@ -160,10 +169,7 @@ for stage in "${stages[@]}"; do
       # is still warm) or comes from .device/suite/ (carried from an earlier call),
       # with the checksum of the wheel it ran: another wheel's results start over.
       state=build/device-suite
-      mkdir -p "$state"
-      if [[ ! -f $state/suite-$which.xml && -f .device/suite/suite-$which.xml ]]; then
-        cp ".device/suite/suite-$which.xml" ".device/suite/suite-$which.wheel" "$state/"
-      fi
+      restore_suite "$which"
       wheel_sum=$(sha256sum "$wheel" | cut -c1-16)
       if [[ -f $state/suite-$which.xml && $(cat "$state/suite-$which.wheel") != "$wheel_sum" ]]; then
         echo "suite-$which: the earlier results are another wheel's; running every test"
@@ -206,11 +212,8 @@ for stage in "${stages[@]}"; do
       done
       ;;
     compare)
-      for which in ours baseline; do
-        if [[ ! -f build/device-suite/suite-$which.xml && -f .device/suite/suite-$which.xml ]]; then
-          mkdir -p build/device-suite && cp ".device/suite/suite-$which.xml" build/device-suite/
-        fi
-      done
+      restore_suite ours
+      restore_suite baseline
       suites_=(build/device-suite/suite-ours.xml build/device-suite/suite-baseline.xml)
       if ! python3 scripts/device/compare_suites.py "${suites_[@]}" >/dev/null &&
         [[ ${RECHECK_RUNS:-12} -gt 0 ]]; then

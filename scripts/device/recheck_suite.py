@@ -20,14 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlxrtools.environment.upstream_suite import compare, parse_junit  # noqa: E402
-
-
-def node_id(test_id: str) -> str:
-    """test_eval.TestEval::test_x (as parse_junit names it) to pytest's
-    test_eval.py::TestEval::test_x."""
-    scope, name = test_id.rsplit("::", 1)
-    module, *classes = scope.split(".")
-    return "::".join([f"{module}.py", *classes, name])
+from run_suite import node_id  # noqa: E402
 
 
 def failed_runs(test_id: str, tests_dir: Path, site: Path, runs: int) -> int:

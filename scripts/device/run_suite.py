@@ -79,6 +79,14 @@ def junit_key(test_id: str) -> tuple[str, str]:
     return ".".join([module, *scopes[:-1]]), scopes[-1]
 
 
+def node_id(test_id: str) -> str:
+    """The other way, from a test as parse_junit names it (test_eval.TestEval::test_x)
+    to pytest's test_eval.py::TestEval::test_x."""
+    scope, name = test_id.rsplit("::", 1)
+    module, *classes = scope.split(".")
+    return "::".join([f"{module}.py", *classes, name])
+
+
 def recorded(junit: Path) -> set[tuple[str, str]]:
     """The tests an earlier run's JUnit XML has a result for."""
     return {
@@ -142,7 +150,7 @@ def ptx_cache(pool: Path, worker: int) -> Path:
     return pool.with_name(f"{pool.name}-worker-{worker}")
 
 
-def start(chunk: Chunk, worker: int, tests_dir: Path, work: Path, tag: str, pool: Path) -> Running:
+def start(chunk: Chunk, worker: int, tests_dir: Path, work: Path, pool: Path) -> Running:
     cache = ptx_cache(pool, worker)
     cache.mkdir(parents=True, exist_ok=True)
     link_new(pool, cache)
@@ -220,9 +228,7 @@ def main() -> int:
     while pending or running:
         late = time.monotonic() - begin > args.deadline
         while free and pending and not late:
-            running.append(
-                start(pending.popleft(), free.pop(), args.tests_dir, work, args.tag, pool)
-            )
+            running.append(start(pending.popleft(), free.pop(), args.tests_dir, work, pool))
         for job in list(running):
             if late and job.proc.poll() is None:
                 job.proc.kill()

@@ -10,7 +10,8 @@ from mlxrtools.environment.upstream_suite import SuiteResult
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))
 from compare_suites import read_recheck, report  # noqa: E402
-from recheck_suite import failed_runs, node_id  # noqa: E402
+from recheck_suite import failed_runs  # noqa: E402
+from run_suite import node_id  # noqa: E402
 
 
 def test_suite_comparison_names_new_and_shared_failures():
