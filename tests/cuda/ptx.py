@@ -9,11 +9,11 @@ fmt; NVTX's come with the toolkit, as in `build --nvtx-from-toolkit`.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-from mlxrtools.environment import pinned_deps
+from mlxrtools.environment import cuda_deps, pinned_deps
+from mlxrtools.errors import UserError
 
 SOURCE = "mlx/backend/cuda/rms_norm_fused.cu"
 ARCH = "sm_90a"
@@ -25,7 +25,11 @@ _SQUARE = re.compile(r"^\s*mul(?:\.rn)?\.f32\s+%f\d+, (%f\d+), \1;", re.M)
 
 
 def nvcc() -> str | None:
-    return shutil.which("nvcc")
+    """The build's nvcc, or None where there is none."""
+    try:
+        return cuda_deps.nvcc()
+    except UserError:
+        return None
 
 
 def compile_ptx(tree: Path, source: Path, out: Path) -> str:
