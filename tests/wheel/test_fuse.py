@@ -249,9 +249,12 @@ def test_quantized(family: str, when: str) -> None:
 
 
 def test_compiled(pair: tuple[nn.Module, nn.Module]) -> None:
+    """The compiled fused model gives what the compiled stock model gives. Compiled, not
+    eager, stock is the reference, so that only the fusion differs: on an H200 the compiled
+    fused Gemma 2 was 2.8e-4 from the eager stock model."""
     stock, fused = pair
     compiled = mx.compile(fused)
-    ref = stock(TOKENS)
+    ref = mx.compile(stock)(TOKENS)
     assert rel_err(compiled(TOKENS), ref) <= 1e-5
     assert rel_err(compiled(TOKENS), ref) <= 1e-5  # the cached graph
 
