@@ -11,7 +11,9 @@ writes that cache without locking, so two processes sharing it could read a
 half-written file. What a finished chunk compiled is shared all the same: its
 new cache files are linked into a pool, and the pool's files into a worker's
 cache before its next chunk starts, while no process of that worker runs, so
-that a kernel is compiled about once per suite instead of once per worker.
+that a kernel is compiled about once per suite instead of once per worker. A
+chunk stopped at the deadline shares the kernels it had finished writing, so
+that its next run does not compile them again.
 --only and --exclude pick test files, so that a slow file can have a run of
 its own. --pool keeps the pool where a later call can carry it back, and
 --resume takes an earlier run's merged XML: its tests are not run again and
@@ -95,12 +97,31 @@ def recorded(junit: Path) -> set[tuple[str, str]]:
     }
 
 
-def link_new(src: Path, dst: Path) -> int:
+# The files MLX writes for one kernel (jit_module.cpp, write_cached_ptx), all
+# in one call that takes milliseconds.
+KERNEL_FILES = (".ptx", ".txt", ".cu")
+# How long before a worker stopped its kernel's files must have been written
+# for the kernel to count as whole.
+SETTLED_SECONDS = 5.0
+
+
+def written_before(path: Path, moment: float) -> bool:
+    """Whether the kernel that path is a file of has all its files, each last
+    written before moment (a time.time()): a process stopped while writing
+    one leaves it with the time of the stop."""
+    files = [path.with_suffix(suffix) for suffix in KERNEL_FILES]
+    return all(f.is_file() and f.stat().st_mtime < moment for f in files)
+
+
+def link_new(src: Path, dst: Path, settled_before: float | None = None) -> int:
     """Hard-links every file under src that dst lacks into dst, at the same
-    relative path (MLX nests long kernel names in folders); returns how many."""
+    relative path (MLX nests long kernel names in folders); returns how many.
+    With settled_before, only the files of kernels written whole before then."""
     linked = 0
     for path in src.rglob("*"):
         target = dst / path.relative_to(src)
+        if settled_before is not None and not written_before(path, settled_before):
+            continue
         if path.is_file() and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, target)
@@ -237,8 +258,11 @@ def main() -> int:
             if job.proc.poll() is None:
                 continue
             running.remove(job)
-            if job.proc.returncode >= 0:  # a killed process may have left a file half-written
-                link_new(ptx_cache(pool, job.worker), pool)
+            cache = ptx_cache(pool, job.worker)
+            if job.proc.returncode >= 0:
+                link_new(cache, pool)
+            else:  # stopped or crashed, perhaps while writing a kernel
+                link_new(cache, pool, settled_before=time.time() - SETTLED_SECONDS)
             free.append(job.worker)
             done += 1
             took = time.monotonic() - job.started

@@ -1,6 +1,8 @@
 """scripts/device/run_suite.py: which tests run, and how PTX caches are shared."""
 
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,3 +57,33 @@ def test_resume_skips_the_tests_an_earlier_xml_recorded(tmp_path: Path) -> None:
     have = recorded(junit)
     assert [t for t in IDS if junit_key(t) not in have] == [IDS[1], IDS[2], IDS[3]]
     assert junit_key("sub/test_x.py::test_plain") == ("sub.test_x", "test_plain")
+
+
+def write_kernel(cache: Path, name: str, age: float, suffixes: tuple[str, ...]) -> None:
+    """A kernel's cache files, as MLX writes them, last written age seconds ago."""
+    moment = time.time() - age
+    for suffix in suffixes:
+        path = cache / f"{name}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{name}{suffix}")
+        os.utime(path, (moment, moment))
+
+
+def test_a_stopped_worker_shares_only_the_kernels_it_wrote_whole(tmp_path: Path) -> None:
+    cache, pool = tmp_path / "cache", tmp_path / "pool"
+    pool.mkdir()
+    whole = (".ptx", ".txt", ".cu")
+    write_kernel(cache, "qmm_done", 60, whole)
+    write_kernel(cache, "long/qmv_done", 60, whole)
+    write_kernel(cache, "qmm_writing", 0, whole)  # written as the worker stopped
+    write_kernel(cache, "qmm_half", 60, (".ptx", ".txt"))  # its source never written
+    assert link_new(cache, pool, settled_before=time.time() - 5) == 6
+    assert sorted(str(p.relative_to(pool)) for p in pool.rglob("*") if p.is_file()) == [
+        "long/qmv_done.cu",
+        "long/qmv_done.ptx",
+        "long/qmv_done.txt",
+        "qmm_done.cu",
+        "qmm_done.ptx",
+        "qmm_done.txt",
+    ]
+    assert link_new(cache, pool) == 5  # a worker that finished shares everything
