@@ -130,9 +130,11 @@ mlx_lm_site() { # mlx-lm alone, without its needs (the machine has them), for th
 }
 
 # The files whose run-time compiled kernels take longest start first, and
-# test_quantized.py's tests (20 to 45 s of compiling each) a few to a chunk.
+# test_quantized.py's tests one to a chunk, so that none waits for another's
+# compiling (20 to 45 s a kernel): two to a chunk, 7 of its 18 chunks were still
+# compiling after 7 minutes on an H200.
 suite_first=test_quantized.py,test_fast_sdpa.py,test_fast.py,test_compile.py,test_conv.py
-suite_chunk_for=test_quantized.py=2,test_fast_sdpa.py=5
+suite_chunk_for=test_quantized.py=1,test_fast_sdpa.py=5
 failed=""
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
