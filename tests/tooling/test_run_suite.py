@@ -3,11 +3,15 @@
 import os
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))
 
+import run_suite  # noqa: E402
 from run_suite import chunks, junit_key, link_new, recorded, select  # noqa: E402
 
 IDS = [
@@ -87,3 +91,52 @@ def test_a_stopped_worker_shares_only_the_kernels_it_wrote_whole(tmp_path: Path)
         "qmm_done.txt",
     ]
     assert link_new(cache, pool) == 5  # a worker that finished shares everything
+
+
+FAKE_TESTS = {
+    "test_fast_kernel.py": """
+import os
+from pathlib import Path
+
+
+def test_compiles_one_kernel():
+    cache = Path(os.environ["MLX_PTX_CACHE_DIR"])
+    for suffix in (".ptx", ".txt", ".cu"):
+        (cache / f"fast{suffix}").write_text(suffix)
+""",
+    "test_slow_kernel.py": """
+import os
+import time
+from pathlib import Path
+
+
+def test_compiles_past_the_deadline():
+    cache = Path(os.environ["MLX_PTX_CACHE_DIR"])
+    for suffix in (".ptx", ".txt", ".cu"):
+        (cache / f"early{suffix}").write_text(suffix)
+    while True:  # a kernel being written when the deadline comes
+        for suffix in (".ptx", ".txt", ".cu"):
+            (cache / f"late{suffix}").write_text(suffix)
+        time.sleep(0.05)
+""",
+}
+
+
+def test_a_run_past_its_deadline_keeps_what_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    for name, text in FAKE_TESTS.items():
+        (tests / name).write_text(text)
+    pool, junit = tmp_path / "pool", tmp_path / "suite.xml"
+    monkeypatch.setattr(run_suite, "SETTLED_SECONDS", 1.0)
+    argv = ["run_suite.py", str(tests), "--junit", str(junit), "--log", str(tmp_path / "log")]
+    argv += ["--pool", str(pool), "--workers", "2", "--chunk", "1", "--deadline", "5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert run_suite.main() == 1  # a chunk was stopped
+    assert "at the 5 s deadline 1 were stopped" in capsys.readouterr().out
+    kernels = sorted(p.name for p in pool.iterdir())
+    assert kernels == [f"{k}{s}" for k in ("early", "fast") for s in (".cu", ".ptx", ".txt")]
+    cases = {tc.get("name") for tc in ET.parse(junit).getroot().iter("testcase")}
+    assert cases == {"test_compiles_one_kernel"}
