@@ -21,7 +21,7 @@ from mlxrtools.environment.upstream_suite import (  # noqa: E402
 
 def read_recheck(path: Path) -> dict[str, tuple[int, int, int]]:
     """recheck_suite.py's counts: test -> (runs, failed with ours, failed unpatched)."""
-    counts = {}
+    counts: dict[str, tuple[int, int, int]] = {}
     for line in path.read_text().splitlines():
         test_id, runs, ours, baseline = line.split("\t")
         counts[test_id] = (int(runs), int(ours), int(baseline))

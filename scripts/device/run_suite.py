@@ -120,12 +120,13 @@ def link_new(src: Path, dst: Path, settled_before: float | None = None) -> int:
     linked = 0
     for path in src.rglob("*"):
         target = dst / path.relative_to(src)
+        if not path.is_file() or target.exists():
+            continue
         if settled_before is not None and not written_before(path, settled_before):
             continue
-        if path.is_file() and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)
-            linked += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+        linked += 1
     return linked
 
 
