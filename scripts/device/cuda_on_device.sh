@@ -15,7 +15,8 @@
 #             upstream's python/tests on the GPU against one wheel, in parallel chunks
 #             (SUITE_WORKERS processes, default 6; they may run at once), merged
 #             into suite-ours.xml or suite-baseline.xml; SUITE_ONLY or SUITE_EXCLUDE
-#             (comma-separated test files) pick the files. A run resumes an earlier
+#             (comma-separated test files or test ids, FILE::CLASS::TEST) pick the
+#             tests, SUITE_FIRST starts some ahead of the rest. A run resumes an earlier
 #             call's of the same wheel: .device/suite/suite-WHICH.xml and .wheel (its
 #             tests are not run again) and .device/suite/ptx-WHICH.tar.xz.* (the kernels
 #             it compiled)

@@ -14,10 +14,11 @@ cache before its next chunk starts, while no process of that worker runs, so
 that a kernel is compiled about once per suite instead of once per worker. A
 chunk stopped at the deadline shares the kernels it had finished writing, so
 that its next run does not compile them again.
---only and --exclude pick test files, so that a slow file can have a run of
-its own. --pool keeps the pool where a later call can carry it back, and
---resume takes an earlier run's merged XML: its tests are not run again and
-its results join this run's, so a suite longer than one device call can finish
+--only and --exclude pick test files or single tests, so that a slow file can
+have a run of its own, and --first starts files or tests ahead of the others.
+--pool keeps the pool where a later call can carry it back, and --resume
+takes an earlier run's merged XML: its tests are not run again and its
+results join this run's, so a suite longer than one device call can finish
 over several.
 """
 
@@ -64,13 +65,22 @@ def collect(tests_dir: Path) -> list[str]:
     return ids
 
 
+def picks(test_id: str, entry: str) -> bool:
+    """Whether an --only, --exclude or --first entry names this test: a file
+    (test_quantized.py) names its tests, a test id
+    (test_quantized.py::TestQuantized::test_qmv) names itself and its parameters."""
+    if "::" not in entry:
+        return test_id.split("::")[0] == entry
+    return test_id == entry or test_id.startswith((f"{entry}::", f"{entry}["))
+
+
 def select(test_ids: list[str], only: list[str], exclude: list[str]) -> list[str]:
-    """The ids of the files in `only` (every file if empty), less those in `exclude`."""
-    files = [test_id.split("::")[0] for test_id in test_ids]
+    """The tests that `only` names (every test if empty), less those that `exclude` names."""
     return [
         test_id
-        for test_id, name in zip(test_ids, files, strict=True)
-        if (not only or name in only) and name not in exclude
+        for test_id in test_ids
+        if (not only or any(picks(test_id, e) for e in only))
+        and not any(picks(test_id, e) for e in exclude)
     ]
 
 
@@ -134,14 +144,13 @@ def chunks(
     test_ids: list[str], size: int, first: list[str], size_for: dict[str, int]
 ) -> deque[Chunk]:
     """Consecutive ids of one file, `size` at a time (`size_for[file]` for the
-    files named there), the files named in `first` leading."""
+    files named there), the files or tests named in `first` leading, in its order."""
 
     def file_of(test_id: str) -> str:
         return test_id.split("::")[0]
 
     def rank(test_id: str) -> int:
-        name = file_of(test_id)
-        return first.index(name) if name in first else len(first)
+        return next((i for i, entry in enumerate(first) if picks(test_id, entry)), len(first))
 
     ordered = sorted(test_ids, key=rank)  # stable: keeps each file's order
     out: deque[Chunk] = deque()
@@ -210,9 +219,17 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=6)
     p.add_argument("--chunk", type=int, default=20, help="tests per chunk (default 20)")
     p.add_argument("--chunk-for", default="", help="FILE=N,...: tests per chunk for these files")
-    p.add_argument("--first", default="", help="comma-separated test files to start first")
-    p.add_argument("--only", default="", help="comma-separated test files to run (default: all)")
-    p.add_argument("--exclude", default="", help="comma-separated test files not to run")
+    p.add_argument(
+        "--first",
+        default="",
+        help="comma-separated test files or test ids (FILE::CLASS::TEST) to start first",
+    )
+    p.add_argument(
+        "--only", default="", help="comma-separated test files or test ids to run (default: all)"
+    )
+    p.add_argument(
+        "--exclude", default="", help="comma-separated test files or test ids not to run"
+    )
     p.add_argument(
         "--deadline", type=float, default=540, help="seconds; later chunks are stopped and counted"
     )

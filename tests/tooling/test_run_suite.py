@@ -34,6 +34,16 @@ def test_chunks_of_a_selection_keep_files_apart() -> None:
     assert [c.test_ids for c in out] == [[IDS[2]], IDS[:2]]
 
 
+def test_select_and_first_take_single_tests_as_well_as_files() -> None:
+    qmv = "test_quantized.py::TestQuantized::test_qmv"
+    ids = [*IDS, f"{qmv}_wide", f"{qmv}[bits=4]"]
+    # test_qmv names itself and its parameters, not test_qmv_wide.
+    assert select(ids, [qmv], []) == [IDS[1], f"{qmv}[bits=4]"]
+    assert select(ids, ["test_quantized.py"], [qmv]) == [IDS[0], f"{qmv}_wide"]
+    out = chunks(select(ids, ["test_quantized.py"], []), 1, [f"{qmv}_wide", qmv], {})
+    assert [c.test_ids for c in out] == [[f"{qmv}_wide"], [IDS[1]], [f"{qmv}[bits=4]"], [IDS[0]]]
+
+
 def test_link_new_shares_files_without_replacing_any(tmp_path: Path) -> None:
     cache, pool = tmp_path / "cache", tmp_path / "pool"
     (cache / "long").mkdir(parents=True)
