@@ -1,6 +1,8 @@
 """Compare two runs of upstream's python/tests (JUnit XML): ours against the
 unpatched baseline, as `mlxr.py test` compares them on the CPU. Exits non-zero
-on a failure that the baseline does not share. With --recheck (recheck_suite.py's
+on a failure that the baseline does not share, and on one the baseline has no
+result for (its run stopped before the test): that failure is listed apart, as
+not compared yet, rather than as new. With --recheck (recheck_suite.py's
 counts), a new failure that also failed with the unpatched wheel when run again
 is listed as flaky in both instead."""
 
@@ -15,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlxrtools.environment.upstream_suite import (  # noqa: E402
     SuiteResult,
     compare,
+    junit_test_ids,
     parse_junit,
 )
 
@@ -32,11 +35,16 @@ def report(
     ours: SuiteResult,
     baseline: SuiteResult,
     recheck: dict[str, tuple[int, int, int]] | None = None,
+    baseline_ran: set[str] | None = None,
 ) -> tuple[str, list[str]]:
+    """The Markdown report, and the failures not cleared: new ones, then those
+    the baseline has no result for (when baseline_ran, its tests, is given)."""
     comparison = compare(ours, baseline)
     recheck = recheck or {}
-    flaky = [t for t in comparison["new_failures"] if recheck.get(t, (0, 0, 0))[2] > 0]
-    new = [t for t in comparison["new_failures"] if t not in flaky]
+    unshared = comparison["new_failures"]
+    not_run = [t for t in unshared if baseline_ran is not None and t not in baseline_ran]
+    flaky = [t for t in unshared if t not in not_run and recheck.get(t, (0, 0, 0))[2] > 0]
+    new = [t for t in unshared if t not in not_run and t not in flaky]
 
     def runs(test_id: str) -> str:
         if test_id not in recheck:
@@ -54,6 +62,8 @@ def report(
         "",
         f"New failures: {len(new)}",
         *[f"- {t}{runs(t)}" for t in new],
+        f"Not compared yet (no result in the baseline's run): {len(not_run)}",
+        *[f"- {t}" for t in not_run],
         f"Flaky in both (failed only with ours here, and unpatched when run again): {len(flaky)}",
         *[f"- {t}{runs(t)}" for t in flaky],
         f"Failures both share: {len(shared)}",
@@ -61,7 +71,7 @@ def report(
         f"Failing only in the baseline: {len(fixed)}",
         *[f"- {t}" for t in fixed],
     ]
-    return "\n".join(lines) + "\n", new
+    return "\n".join(lines) + "\n", new + not_run
 
 
 def main() -> int:
@@ -72,11 +82,13 @@ def main() -> int:
     p.add_argument("--recheck", type=Path, help="recheck_suite.py's counts of runs again")
     args = p.parse_args()
     recheck = read_recheck(args.recheck) if args.recheck else None
-    text, new = report(parse_junit(args.ours), parse_junit(args.baseline), recheck)
+    text, uncleared = report(
+        parse_junit(args.ours), parse_junit(args.baseline), recheck, junit_test_ids(args.baseline)
+    )
     print(text, end="")
     if args.out:
         args.out.write_text(text)
-    return 1 if new else 0
+    return 1 if uncleared else 0
 
 
 if __name__ == "__main__":

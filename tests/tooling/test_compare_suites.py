@@ -23,6 +23,15 @@ def test_suite_comparison_names_new_and_shared_failures():
     assert "Failing only in the baseline: 1\n- c::z" in text
 
 
+def test_a_failure_the_baseline_never_ran_is_not_compared_yet_rather_than_new():
+    ours = SuiteResult(passed=10, failed=["a::x", "q::slow"])
+    baseline = SuiteResult(passed=11)
+    text, uncleared = report(ours, baseline, baseline_ran={"a::x", "a::ok"})
+    assert uncleared == ["a::x", "q::slow"]
+    assert "New failures: 1\n- a::x\n" in text
+    assert "Not compared yet (no result in the baseline's run): 1\n- q::slow\n" in text
+
+
 def test_compare_suites_exits_non_zero_on_a_new_failure(tmp_path):
     def junit(path: Path, failing: bool) -> Path:
         failure = "<failure message='x'/>" if failing else ""
@@ -37,6 +46,13 @@ def test_compare_suites_exits_non_zero_on_a_new_failure(tmp_path):
     ok = subprocess.run([*args, junit(tmp_path / "o.xml", False), junit(tmp_path / "b.xml", False)])
     bad = subprocess.run([*args, junit(tmp_path / "n.xml", True), tmp_path / "b.xml"])
     assert (ok.returncode, bad.returncode) == (0, 1)
+    # A failure the baseline has no result for is not cleared either.
+    (tmp_path / "e.xml").write_text("<testsuites><testsuite></testsuite></testsuites>")
+    unrun = subprocess.run(
+        [*args, tmp_path / "n.xml", tmp_path / "e.xml"], capture_output=True, text=True
+    )
+    assert unrun.returncode == 1
+    assert "Not compared yet (no result in the baseline's run): 1\n- test_a.T::t" in unrun.stdout
 
 
 def test_a_new_failure_that_fails_unpatched_when_run_again_is_flaky_in_both(tmp_path):

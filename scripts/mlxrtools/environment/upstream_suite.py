@@ -37,10 +37,19 @@ def _module_path(classname: str) -> str:
     return re.sub(r"^.*?\btests\.(?=test_)", "", classname)
 
 
+def _case_id(case: ET.Element) -> str:
+    return f"{_module_path(case.get('classname') or '')}::{case.get('name')}"
+
+
+def junit_test_ids(path: Path) -> set[str]:
+    """Every test the XML has a result for, named as parse_junit names failures."""
+    return {_case_id(case) for case in ET.parse(path).getroot().iter("testcase")}
+
+
 def parse_junit(path: Path) -> SuiteResult:
     result = SuiteResult()
     for case in ET.parse(path).getroot().iter("testcase"):
-        test_id = f"{_module_path(case.get('classname') or '')}::{case.get('name')}"
+        test_id = _case_id(case)
         if case.find("failure") is not None or case.find("error") is not None:
             result.failed.append(test_id)
         elif case.find("skipped") is not None:
