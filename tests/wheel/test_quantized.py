@@ -141,3 +141,29 @@ def test_gather_qmm(mode):
     want = np.stack([xs[i] @ w_hat[e].T for i, e in enumerate(np.array(rhs))])
     assert y.shape == (6, 1, n)
     assert rel_error(y, want) < TOLERANCE[mx.bfloat16]
+
+
+# A weight of one group a row (K == group_size, 4 or 8 bits, affine) takes
+# upstream's Hopper kernel, qmm_sm90, on an H100 or H200: only there, and
+# upstream's CUDA CI (T4 cards) never reaches it. Upstream's test_qmv and
+# test_qmv_wide failed there with our wheel (errors of order 1, and NaN, in
+# float32); one kernel is compiled at run time per case.
+SINGLE_GROUP_CASES = [
+    (mx.float32, 4, 64),
+    (mx.float32, 8, 128),
+    (mx.float16, 4, 128),
+    (mx.bfloat16, 8, 64),
+]
+
+
+@pytest.mark.parametrize(("dtype", "bits", "k"), SINGLE_GROUP_CASES, ids=str)
+def test_quantized_matmul_of_single_group_rows(dtype, bits, k):
+    k1, k2 = mx.random.split(mx.random.key(5))
+    x = random((3, 8, k), dtype, k1)
+    wq, scales, biases = mx.quantize(random((256, k), dtype, k2), group_size=k, bits=bits)
+    y = mx.quantized_matmul(x, wq, scales, biases, transpose=True, group_size=k, bits=bits)
+    w_hat = mx.dequantize(wq, scales, biases, group_size=k, bits=bits, dtype=dtype)
+    w64 = np.array(w_hat.astype(mx.float32), dtype=np.float64)
+    want = np.array(x.astype(mx.float32), dtype=np.float64) @ w64.T
+    assert y.dtype == dtype and y.shape == (3, 8, 256)
+    assert rel_error(y, want) < TOLERANCE[dtype]
