@@ -20,8 +20,8 @@
 #             call's of the same wheel: .device/suite/suite-WHICH.xml and .wheel (its
 #             tests are not run again) and .device/suite/ptx-WHICH.tar.xz.* (the kernels
 #             it compiled)
-#   suites    both at once, SUITE_WORKERS (default 7) each; with two GPUs or more,
-#             each suite on a GPU of its own
+#   suites    both at once, SUITE_WORKERS (default 7) each, or SUITE_WORKERS_OURS and
+#             SUITE_WORKERS_BASELINE; with two GPUs or more, each suite on a GPU of its own
 #   save-suites
 #             both suites' compiled kernels, split in 15 MB parts, to $OUT/suite/,
 #             for the next call to resume from (with the two XML files)
@@ -196,12 +196,13 @@ for stage in "${stages[@]}"; do
       tail -2 "$out/suite-$which.log"
       ;;
     suites)
-      # Both suites at once, half the workers each: SUITE_WORKERS is per suite.
+      # Both suites at once: SUITE_WORKERS is per suite, SUITE_WORKERS_OURS and
+      # SUITE_WORKERS_BASELINE split the cores unevenly (one suite nearly done).
       gpus=$(nvidia-smi --list-gpus | wc -l)
       second=$((gpus > 1 ? 1 : 0))
-      SUITE_WORKERS=${SUITE_WORKERS:-7} CUDA_VISIBLE_DEVICES=$second \
+      SUITE_WORKERS=${SUITE_WORKERS_BASELINE:-${SUITE_WORKERS:-7}} CUDA_VISIBLE_DEVICES=$second \
         bash scripts/device/cuda_on_device.sh suite-baseline "${nvtx[@]}" &
-      SUITE_WORKERS=${SUITE_WORKERS:-7} CUDA_VISIBLE_DEVICES=0 \
+      SUITE_WORKERS=${SUITE_WORKERS_OURS:-${SUITE_WORKERS:-7}} CUDA_VISIBLE_DEVICES=0 \
         bash scripts/device/cuda_on_device.sh suite-ours "${nvtx[@]}"
       wait
       ;;
