@@ -35,6 +35,10 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlxrtools.environment.upstream_suite import junit_test_ids  # noqa: E402
+
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header"]
 
 
@@ -65,12 +69,16 @@ def collect(tests_dir: Path) -> list[str]:
     return ids
 
 
+def file_of(test_id: str) -> str:
+    return test_id.split("::")[0]
+
+
 def picks(test_id: str, entry: str) -> bool:
     """Whether an --only, --exclude or --first entry names this test: a file
     (test_quantized.py) names its tests, a test id
     (test_quantized.py::TestQuantized::test_qmv) names itself and its parameters."""
     if "::" not in entry:
-        return test_id.split("::")[0] == entry
+        return file_of(test_id) == entry
     return test_id == entry or test_id.startswith((f"{entry}::", f"{entry}["))
 
 
@@ -84,11 +92,12 @@ def select(test_ids: list[str], only: list[str], exclude: list[str]) -> list[str
     ]
 
 
-def junit_key(test_id: str) -> tuple[str, str]:
-    """The (classname, name) pair that pytest's JUnit XML gives this test id."""
+def suite_id(test_id: str) -> str:
+    """How parse_junit names a pytest test id: test_eval.py::TestEval::test_x is
+    test_eval.TestEval::test_x (the JUnit classname, then the name)."""
     path, *scopes = test_id.split("::")
     module = path.removesuffix(".py").replace("/", ".")
-    return ".".join([module, *scopes[:-1]]), scopes[-1]
+    return f"{'.'.join([module, *scopes[:-1]])}::{scopes[-1]}"
 
 
 def node_id(test_id: str) -> str:
@@ -97,14 +106,6 @@ def node_id(test_id: str) -> str:
     scope, name = test_id.rsplit("::", 1)
     module, *classes = scope.split(".")
     return "::".join([f"{module}.py", *classes, name])
-
-
-def recorded(junit: Path) -> set[tuple[str, str]]:
-    """The tests an earlier run's JUnit XML has a result for."""
-    return {
-        (case.get("classname", ""), case.get("name", ""))
-        for case in ET.parse(junit).getroot().iter("testcase")
-    }
 
 
 # The files MLX writes for one kernel (jit_module.cpp, write_cached_ptx), all
@@ -145,9 +146,6 @@ def chunks(
 ) -> deque[Chunk]:
     """Consecutive ids of one file, `size` at a time (`size_for[file]` for the
     files named there), the files or tests named in `first` leading, in its order."""
-
-    def file_of(test_id: str) -> str:
-        return test_id.split("::")[0]
 
     def rank(test_id: str) -> int:
         return next((i for i, entry in enumerate(first) if picks(test_id, entry)), len(first))
@@ -252,10 +250,10 @@ def main() -> int:
     test_ids = select(collect(args.tests_dir), only, exclude)
     earlier: list[Path] = []
     if args.resume and args.resume.exists():
-        have = recorded(args.resume)
+        have = junit_test_ids(args.resume)
         earlier = [work / "earlier.xml"]
         earlier[0].write_bytes(args.resume.read_bytes())  # --junit may be the same file
-        test_ids = [t for t in test_ids if junit_key(t) not in have]
+        test_ids = [t for t in test_ids if suite_id(t) not in have]
         print(f"run_suite.py {args.tag}: {len(have)} results kept from {args.resume}", flush=True)
     pending = chunks(test_ids, args.chunk, first, sizes(args.chunk_for))
     pool.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "device"))
 
 import run_suite  # noqa: E402
-from run_suite import chunks, junit_key, link_new, recorded, select  # noqa: E402
+from mlxrtools.environment.upstream_suite import junit_test_ids  # noqa: E402
+from run_suite import chunks, link_new, select, suite_id  # noqa: E402
 
 IDS = [
     "test_quantized.py::TestQuantized::test_qmm",
@@ -68,9 +69,9 @@ def test_resume_skips_the_tests_an_earlier_xml_recorded(tmp_path: Path) -> None:
         '<testsuite><testcase classname="test_quantized.TestQuantized" name="test_qmm"/>'
         '<testcase classname="test_ops.TestOps" name="test_sub"/></testsuite>'
     )
-    have = recorded(junit)
-    assert [t for t in IDS if junit_key(t) not in have] == [IDS[1], IDS[2], IDS[3]]
-    assert junit_key("sub/test_x.py::test_plain") == ("sub.test_x", "test_plain")
+    have = junit_test_ids(junit)
+    assert [t for t in IDS if suite_id(t) not in have] == [IDS[1], IDS[2], IDS[3]]
+    assert suite_id("sub/test_x.py::test_plain") == "sub.test_x::test_plain"
 
 
 def write_kernel(cache: Path, name: str, age: float, suffixes: tuple[str, ...]) -> None:
@@ -150,3 +151,11 @@ def test_a_run_past_its_deadline_keeps_what_finished(
     assert kernels == [f"{k}{s}" for k in ("early", "fast") for s in (".cu", ".ptx", ".txt")]
     cases = {tc.get("name") for tc in ET.parse(junit).getroot().iter("testcase")}
     assert cases == {"test_compiles_one_kernel"}
+    # Resumed from pytest's own XML, the finished test is not run again.
+    again = tmp_path / "again.xml"
+    argv[argv.index("--junit") + 1] = str(again)
+    argv += ["--resume", str(junit), "--only", "test_fast_kernel.py"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert run_suite.main() == 0
+    assert "1 results kept" in (out := capsys.readouterr().out) and ": 0 chunks" in out
+    assert {tc.get("name") for tc in ET.parse(again).getroot().iter("testcase")} == cases
