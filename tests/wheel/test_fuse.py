@@ -250,8 +250,8 @@ def test_quantized(family: str, when: str) -> None:
 
 def test_compiled(pair: tuple[nn.Module, nn.Module]) -> None:
     """The compiled fused model gives what the compiled stock model gives. Compiled, not
-    eager, stock is the reference, so that only the fusion differs: on an H200 the compiled
-    fused Gemma 2 was 2.8e-4 from the eager stock model."""
+    eager, stock is the reference, so that only the fusion differs: on an H200 compiling
+    moves the stock Gemma 2 itself by 2.75e-4, and the compiled fused model equals it."""
     stock, fused = pair
     compiled = mx.compile(fused)
     ref = mx.compile(stock)(TOKENS)
