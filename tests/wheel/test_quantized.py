@@ -145,9 +145,13 @@ def test_gather_qmm(mode):
 
 # A weight of one group a row (K == group_size, 4 or 8 bits, affine) takes
 # upstream's Hopper kernel, qmm_sm90, on an H100 or H200: only there, and
-# upstream's CUDA CI (T4 cards) never reaches it. Upstream's test_qmv and
-# test_qmv_wide failed there with our wheel (errors of order 1, and NaN, in
-# float32); one kernel is compiled at run time per case.
+# upstream's CUDA CI (T4 cards) never reaches it. That kernel is wrong at the
+# pin, and upstream's main (846d176) has not touched it since: on one H100 the
+# unpatched wheel failed these four cases with the very errors ours gave (1.41,
+# 1.41, NaN, 1.23), and upstream's test_qmv and test_qmv_wide fail the same 12
+# and 28 single-group subtests with either wheel. So on Hopper the cases must
+# fail with a wrong result (strict: a crash still fails, and so does a fixed
+# kernel, which should lift the mark). One kernel is compiled per case there.
 SINGLE_GROUP_CASES = [
     (mx.float32, 4, 64),
     (mx.float32, 8, 128),
@@ -156,6 +160,19 @@ SINGLE_GROUP_CASES = [
 ]
 
 
+def takes_upstream_qmm_sm90() -> bool:
+    """Whether upstream sends single-group rows to qmm_sm90 (compute capability 9)."""
+    if mx.default_device() != mx.gpu:
+        return False
+    return mx.device_info().get("compute_capability_major") == 9
+
+
+@pytest.mark.xfail(
+    takes_upstream_qmm_sm90(),
+    reason="upstream's qmm_sm90 is wrong for K == group_size (docs/verification.md)",
+    raises=AssertionError,
+    strict=True,
+)
 @pytest.mark.parametrize(("dtype", "bits", "k"), SINGLE_GROUP_CASES, ids=str)
 def test_quantized_matmul_of_single_group_rows(dtype, bits, k):
     k1, k2 = mx.random.split(mx.random.key(5))
